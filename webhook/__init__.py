@@ -1,0 +1,68 @@
+"""crm-mute-bridge: signed CRM ticket-status webhooks in, Genesys Cloud microphone mute/unmute out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from webhook.config import Settings
+
+
+def utcnow() -> datetime:
+    """Return the current time as an aware UTC datetime (the default clock)."""
+    return datetime.now(UTC)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+    genesys: object | None = None,
+    background: bool = True,
+) -> Flask:
+    """Build the app: settings from the environment unless given; store, Genesys client, worker, views, commands."""
+    from webhook import cli, views
+    from webhook.app_state import AppState
+    from webhook.genesys import GenesysClient
+    from webhook.processing import Processor
+    from webhook.store import Store
+    from webhook.worker import Sweeper, Worker
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__, instance_relative_config=False)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)  # type: ignore[method-assign]
+    store = Store.from_url(settings.database_url)
+    client = genesys if genesys is not None else _genesys_client(settings)
+    assert client is None or isinstance(client, GenesysClient)
+    processor = Processor(store, settings, client, clock=clock)
+    worker = Worker(processor, threads=settings.worker_threads, queue_size=settings.worker_queue_size)
+    sweeper = Sweeper(store, worker, interval=settings.sweep_interval_seconds,
+                      stale_after=settings.stale_claim_seconds, clock=clock)
+    state = AppState(settings, store, client, processor, worker, sweeper, clock, background=background)
+    app.extensions["webhook"] = state
+    views.init_app(app)
+    cli.init_app(app)
+
+    @app.before_request
+    def _start_background() -> None:
+        state.start_background()
+
+    return app
+
+
+def _genesys_client(settings: Settings) -> object | None:
+    if settings.genesys.dry_run:
+        return None
+    from webhook.genesys import GenesysClient
+
+    api_url, login_url = settings.genesys.hosts()
+    return GenesysClient.from_credentials(
+        region=settings.genesys.region or "", client_id=settings.genesys.client_id or "",
+        client_secret=settings.genesys.client_secret or "", api_url=api_url, login_url=login_url)

@@ -1,0 +1,313 @@
+"""Flask commands (`flask --app wsgi <command>`): init, send, events, rules, replay, agent, genesys."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sys
+import tomllib
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+from flask import Flask
+from flask.cli import AppGroup
+
+from webhook import signatures
+from webhook.app_state import AppState, get_state
+from webhook.config import Settings, secret_variable
+from webhook.errors import ConfigError, GenesysError, StoreError
+from webhook.events import FieldMap, lookup
+from webhook.processing import REPLAYABLE, Outcome
+from webhook.store import STATES, EventRecord, NewEvent, Store
+
+DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(value: str | None, now: datetime) -> datetime | None:
+    """Turn "90s", "15m", "1h", "30d", "2w" or an ISO-8601 time into an aware datetime."""
+    if not value:
+        return None
+    match = DURATION_RE.match(value.strip())
+    if match:
+        return now - timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+    from webhook.events import parse_time
+
+    try:
+        return parse_time(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise click.BadParameter(f"{value!r} is neither a duration such as 1h or 30d nor an ISO-8601 time") from exc
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], widths: dict[int, int] | None = None) -> str:
+    """Format rows as a plain text table; columns listed in widths are cut to that many characters."""
+    cut = widths or {}
+    cells = [[_cell(v, cut.get(i)) for i, v in enumerate(row)] for row in rows]
+    sizes = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(sizes[i]) for i, h in enumerate(headers)).rstrip()]
+    lines += ["  ".join(c.ljust(sizes[i]) for i, c in enumerate(r)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any, width: int | None) -> str:
+    if value is None:
+        text = "-"
+    elif isinstance(value, datetime):
+        text = value.strftime("%Y-%m-%d %H:%M:%S")
+    elif isinstance(value, (list, tuple)):
+        text = ",".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
+
+
+# ---------------------------------------------------------------- init
+
+
+@click.command("init")
+@click.option("--env-file", default=".env", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--example", default=".env.example", show_default=True, type=click.Path(dir_okay=False))
+def init_command(env_file: str, example: str) -> None:
+    """Create .env with fresh secrets (never overwriting one) and create the database tables."""
+    env_path = Path(env_file)
+    if env_path.exists():
+        click.echo(f"{env_path} exists; left as it is")
+    else:
+        env_path.write_text(fresh_env(Path(example).read_text(encoding="utf-8"), _schemes()), encoding="utf-8")
+        env_path.chmod(0o600)
+        click.echo(f"wrote {env_path} with fresh webhook secrets and GENESYS_DRY_RUN=true")
+    from dotenv import load_dotenv
+
+    load_dotenv(env_path, override=True)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    store = Store.from_url(settings.database_url)
+    try:
+        store.create_schema()
+    except StoreError as exc:
+        raise click.ClickException(f"{exc}; check DATABASE_URL") from exc
+    finally:
+        store.close()
+    click.echo(f"database ready ({settings.database_url.split('@')[-1]})")
+
+
+def _schemes() -> dict[str, str]:
+    import os
+
+    path = os.environ.get("WEBHOOK_CONFIG") or "config/webhook.toml"
+    try:
+        with open(path, "rb") as handle:
+            sources = tomllib.load(handle).get("sources", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    return {name: table.get("scheme", "") for name, table in sources.items() if isinstance(table, dict)}
+
+
+def fresh_env(example: str, schemes: dict[str, str]) -> str:
+    """Fill .env.example's empty webhook secrets with fresh ones in each scheme's form; dry-run Genesys."""
+    wanted = {secret_variable(name): scheme for name, scheme in schemes.items()}
+    lines = []
+    for line in example.splitlines():
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if sep and not line.lstrip().startswith("#"):
+            if name in wanted and not value.strip():
+                line = f"{name}={signatures.generate_secret(wanted.pop(name) or 'hmac-sha256')}"
+            elif name == "GENESYS_DRY_RUN":
+                line = "GENESYS_DRY_RUN=true"
+        lines.append(line)
+    for name, scheme in wanted.items():  # sources the example does not list yet
+        lines.append(f"{name}={signatures.generate_secret(scheme or 'hmac-sha256')}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- send
+
+
+@click.command("send")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--source", "-s", required=True, help="The configured source whose scheme and secret sign the body.")
+@click.option("--url", default=None, help="Where to POST; default http://127.0.0.1:5000/webhooks/<source>.")
+@click.option("--fresh", is_flag=True, help="Give each event a new id and the current time (for samples).")
+def send_command(file: str, source: str, url: str | None, fresh: bool) -> None:
+    """Sign a JSON file with the source's own scheme and first secret, POST it, and print the answer."""
+    state = get_state()
+    src = state.settings.sources.get(source)
+    if src is None:
+        raise click.ClickException(f"unknown source {source!r}; configured: {', '.join(state.settings.sources)}")
+    body = Path(file).read_bytes()
+    if fresh:
+        body = freshen(body, src.mapping, state.clock())
+    target = url or f"http://127.0.0.1:5000/webhooks/{source}"
+    headers = signatures.sign(src.scheme, body=body, secret=src.secrets[0], now=state.clock(), url=target,
+                              header=src.header)
+    headers["Content-Type"] = "application/json"
+    try:
+        response = requests.post(target, data=body, headers=headers, timeout=(3.05, 15))
+    except requests.RequestException as exc:
+        raise click.ClickException(f"could not reach {target}: {type(exc).__name__}; is the service running?") from exc
+    click.echo(f"HTTP {response.status_code}")
+    click.echo(response.text.strip())
+    if response.status_code >= 400:
+        sys.exit(1)
+
+
+def freshen(body: bytes, mapping: FieldMap, now: datetime) -> bytes:
+    """Rewrite a sample's event id and time (the first path of each) to a new id and now, keeping the time's form."""
+    document = json.loads(body)
+    for item in document if isinstance(document, list) else [document]:
+        if not isinstance(item, dict):
+            continue
+        if mapping.event_id:
+            _set_path(item, mapping.event_id[0], f"sample-{uuid.uuid4()}")
+        if mapping.occurred_at:
+            numeric = isinstance(lookup(item, mapping.occurred_at[0]), (int, float))
+            stamp = int(now.timestamp() * 1000) if numeric else now.isoformat().replace("+00:00", "Z")
+            _set_path(item, mapping.occurred_at[0], stamp)
+    return json.dumps(document, indent=2).encode()
+
+
+def _set_path(document: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node = document
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+# ---------------------------------------------------------------- events
+
+
+events_cli = AppGroup("events", help="The event log: list, show, export.")
+
+
+@events_cli.command("list")
+@click.option("--state", type=click.Choice(STATES))
+@click.option("--source")
+@click.option("--since", help="A duration (90s, 15m, 1h, 30d) or an ISO-8601 time.")
+@click.option("--limit", default=50, show_default=True, help="0 means all.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+def events_list(state: str | None, source: str | None, since: str | None, limit: int, as_json: bool) -> None:
+    """List stored events, newest first."""
+    app = get_state()
+    rows = app.store.list(state=state, source=source, since=parse_since(since, app.clock()), limit=limit or None)
+    if as_json:
+        click.echo(json.dumps([r.summary() for r in rows], indent=2))
+        return
+    click.echo(table(["id", "received", "source", "event_id", "state", "action", "agent", "detail"],
+                     [(r.id, r.received_at, r.source, r.event_id, r.state, r.action, r.agent, r.detail)
+                      for r in rows], {3: 24, 6: 32, 7: 70}))
+
+
+@events_cli.command("show")
+@click.argument("event_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def events_show(event_id: int, as_json: bool) -> None:
+    """Show one event with its body and every Genesys attempt."""
+    app = get_state()
+    record = app.store.get(event_id)
+    if record is None:
+        raise click.ClickException(f"no event with id {event_id}; `events list` shows the ids")
+    attempts = app.store.attempts(event_id)
+    if as_json:
+        doc = record.summary() | {"headers": dict(record.headers), "body": _body_text(record.raw_body),
+                                  "attempts": [_attempt_json(a) for a in attempts]}
+        click.echo(json.dumps(doc, indent=2))
+        return
+    for key, value in record.summary().items():
+        click.echo(f"{key:>16}: {value if value is not None else '-'}")
+    click.echo(f"{'body':>16}: {_body_text(record.raw_body)[:4000]}")
+    if attempts:
+        click.echo("\nGenesys attempts:")
+        click.echo(table(["at", "request", "status", "code", "correlation id", "ms", "error"],
+                         [(a.at, f"{a.method} {a.path}", a.status, a.code, a.correlation_id,
+                           f"{a.duration_ms:.0f}", a.error) for a in attempts]))
+
+
+def _attempt_json(a: Any) -> dict[str, Any]:
+    return {"at": a.at.isoformat(), "method": a.method, "path": a.path, "status": a.status, "code": a.code,
+            "correlation_id": a.correlation_id, "duration_ms": a.duration_ms, "error": a.error}
+
+
+def _body_text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(body).decode()
+
+
+@events_cli.command("export")
+@click.option("--output", "-o", type=click.File("w"), default="-", help="File to write; default standard output.")
+def events_export(output: Any) -> None:
+    """Write every stored event as JSON Lines, raw bodies included (the input of `replay --file`)."""
+    count = 0
+    for record in get_state().store.iter_events():
+        output.write(json.dumps(export_line(record)) + "\n")
+        count += 1
+    click.echo(f"exported {count} event(s)", err=True)
+
+
+def export_line(record: EventRecord) -> dict[str, Any]:
+    """Return one JSON Lines object: the summary, the headers, and the raw body (base64, and as text if UTF-8)."""
+    line = record.summary() | {"headers": dict(record.headers), "message_id": record.message_id,
+                               "signed_at": record.signed_at.isoformat() if record.signed_at else None,
+                               "raw_body_base64": base64.b64encode(record.raw_body).decode()}
+    try:
+        line["raw_body"] = record.raw_body.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    return line
+
+
+# ---------------------------------------------------------------- rules
+
+
+rules_cli = AppGroup("rules", help="The rules table.")
+
+
+@rules_cli.command("check")
+@click.option("--status", help="A ticket status to test against the rules.")
+@click.option("--from", "previous", help="The previous status.")
+@click.option("--source", default="*", help="The source the event would come from.")
+def rules_check(status: str | None, previous: str | None, source: str) -> None:
+    """Print the rules as a table and, given --status, which rule matches."""
+    from webhook.rules import decide_fields
+
+    settings = get_state().settings
+    click.echo(f"rules from {settings.config_path} (first match wins):")
+    click.echo(table(["#", "source", "status", "from", "action", "name"],
+                     [(n, r.source, r.status, r.previous, r.action, r.name)
+                      for n, r in enumerate(settings.rules, start=1)]))
+    if status is not None:
+        decision = decide_fields(settings.rules, source, status, previous)
+        click.echo(f"\nstatus {status!r}" + (f" from {previous!r}" if previous else "")
+                   + f" (source {source}): {decision.action} ({decision.detail})")
+
+
+def init_app(app: Flask) -> None:
+    """Register every command on the app."""
+    app.cli.add_command(init_command)
+    app.cli.add_command(send_command)
+    app.cli.add_command(events_cli)
+    app.cli.add_command(rules_cli)
+
+
+def setup_app(problem: ConfigError) -> Flask:
+    """An app for a broken configuration: only `init` runs, and every request is answered 503 with the problems."""
+    app = Flask(__name__)
+    app.cli.add_command(init_command)
+
+    @app.route("/", defaults={"path": ""})
+    @app.route("/<path:path>", methods=["GET", "POST"])
+    def misconfigured(path: str) -> tuple[dict[str, Any], int]:
+        return {"error": "misconfigured", "detail": "; ".join(problem.problems)}, 503
+
+    return app

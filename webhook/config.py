@@ -1,0 +1,272 @@
+"""Settings: secrets and deployment from the environment, behaviour from config/webhook.toml; all problems at once."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from webhook.errors import ConfigError
+from webhook.events import FieldMap, field_map
+from webhook.regions import region_hosts
+from webhook.rules import Rule, rule_from_table
+from webhook.signatures import DEFAULT_HMAC_HEADER, SCHEMES
+
+DEFAULT_CONFIG = "config/webhook.toml"
+DEFAULT_DATABASE_URL = "sqlite:///instance/webhook.db"
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+TOP_KEYS = ("sources", "rules", "agents", "intake", "processing")
+SOURCE_KEYS = ("scheme", "mapping", "tolerance_seconds", "header")
+SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A sender: how its requests are signed and how its bodies map to events."""
+
+    name: str
+    scheme: str
+    mapping: FieldMap
+    secrets: tuple[str, ...] = field(repr=False)
+    tolerance_seconds: float = 300.0
+    header: str = DEFAULT_HMAC_HEADER
+
+
+@dataclass(frozen=True)
+class Genesys:
+    """How to reach Genesys Cloud; dry_run means decide and record, never call."""
+
+    dry_run: bool = True
+    region: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    api_url: str | None = None
+    login_url: str | None = None
+
+    def hosts(self) -> tuple[str, str]:
+        """Return (API base URL, login base URL), the explicit overrides winning over the region."""
+        api, login = region_hosts(self.region) if self.region else ("", "")
+        return (self.api_url or api).rstrip("/"), (self.login_url or login).rstrip("/")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs, validated; tests build one directly."""
+
+    sources: Mapping[str, Source]
+    rules: tuple[Rule, ...] = ()
+    agents: Mapping[str, str] = field(default_factory=dict)
+    genesys: Genesys = field(default_factory=Genesys)
+    database_url: str = DEFAULT_DATABASE_URL
+    max_body_bytes: int = 262144
+    trusted_proxies: int = 1
+    max_event_age_seconds: float = 120.0
+    retry_budget_seconds: float = 30.0
+    worker_threads: int = 4
+    worker_queue_size: int = 1000
+    sweep_interval_seconds: float = 10.0
+    stale_claim_seconds: float = 60.0
+    config_path: str = DEFAULT_CONFIG
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, config_path: str | None = None) -> Settings:
+        """Read the environment (and .env when environ is not given) and the TOML file; ConfigError lists every problem."""
+        if environ is None:
+            from dotenv import load_dotenv
+
+            load_dotenv(Path.cwd() / ".env", override=False)
+            environ = os.environ
+        path = config_path or environ.get("WEBHOOK_CONFIG") or DEFAULT_CONFIG
+        return _Loader(environ, path).load()
+
+
+def secret_variable(source: str) -> str:
+    """Name the environment variable that holds a source's secret(s)."""
+    return re.sub(r"[^A-Z0-9]", "_", source.upper()) + "_WEBHOOK_SECRET"
+
+
+def database_url(url: str) -> str:
+    """Normalise a DATABASE_URL: Heroku's postgres:// and plain postgresql:// use the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class _Loader:
+    """Collects problems while it reads, so that every one is reported at once."""
+
+    def __init__(self, environ: Mapping[str, str], path: str) -> None:
+        self.env = environ
+        self.path = path
+        self.problems: list[str] = []
+
+    def problem(self, key: str, text: str) -> None:
+        self.problems.append(f"{self.path}: {key}: {text}" if key else f"{self.path}: {text}")
+
+    def env_problem(self, name: str, text: str) -> None:
+        self.problems.append(f"environment: {name}: {text}")
+
+    def load(self) -> Settings:
+        doc = self.read_toml()
+        for key in sorted(set(doc) - set(TOP_KEYS)):
+            self.problem(key, f"unknown section; the file has {', '.join(TOP_KEYS)}")
+        intake = self.table(doc, "intake", ("max_body_bytes", "trusted_proxies"))
+        processing = self.table(doc, "processing", PROCESSING_KEYS)
+        settings = Settings(
+            sources=self.sources(doc.get("sources", {})),
+            rules=self.rules(doc.get("rules", [])),
+            agents=self.agents(doc.get("agents", {})),
+            genesys=self.genesys(),
+            database_url=database_url(self.env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
+            max_body_bytes=self.number(intake, "intake.max_body_bytes", 262144, int, 1024),
+            trusted_proxies=self.number(intake, "intake.trusted_proxies", 1, int, 0),
+            **{name: self.number(processing, f"processing.{name}", default, kind, low)
+               for name, (default, kind, low) in PROCESSING_KEYS.items()},
+            config_path=self.path,
+        )
+        if self.problems:
+            raise ConfigError(self.problems)
+        return settings
+
+    def read_toml(self) -> dict[str, Any]:
+        try:
+            with open(self.path, "rb") as handle:
+                return tomllib.load(handle)
+        except FileNotFoundError:
+            self.problem("", "file not found; set WEBHOOK_CONFIG or run from the project folder")
+        except tomllib.TOMLDecodeError as exc:
+            self.problem("", f"not valid TOML: {exc}")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.problem("", f"cannot be read: {exc}")
+        return {}
+
+    def table(self, doc: Mapping[str, Any], key: str, known: Any) -> Mapping[str, Any]:
+        value = doc.get(key, {})
+        if not isinstance(value, dict):
+            self.problem(key, "must be a table")
+            return {}
+        for name in sorted(set(value) - set(known)):
+            self.problem(f"{key}.{name}", f"unknown key; [{key}] has {', '.join(known)}")
+        return value
+
+    def number(self, table: Mapping[str, Any], key: str, default: Any, kind: type, low: float) -> Any:
+        value = table.get(key.rsplit(".", 1)[-1], default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            self.problem(key, f"must be a{'n integer' if kind is int else ' number'}, got {value!r}")
+            return default
+        if value < low:
+            self.problem(key, f"must be at least {low}, got {value}")
+            return default
+        return kind(value)
+
+    def sources(self, value: Any) -> dict[str, Source]:
+        if not isinstance(value, dict) or not value:
+            self.problem("sources", 'no source defined; add a [sources.<name>] table with scheme and mapping')
+            return {}
+        return {name: src for name, table in value.items() if (src := self.source(name, table)) is not None}
+
+    def source(self, name: str, table: Any) -> Source | None:
+        key = f"sources.{name}"
+        if not SOURCE_NAME_RE.match(name):
+            self.problem(key, "a source name is lower-case letters, digits, - and _ (it is part of the URL)")
+            return None
+        if not isinstance(table, dict):
+            self.problem(key, "must be a table with scheme and mapping")
+            return None
+        for extra in sorted(set(table) - set(SOURCE_KEYS)):
+            self.problem(f"{key}.{extra}", f"unknown key; a source has {', '.join(SOURCE_KEYS)}")
+        ok = True
+        scheme = table.get("scheme")
+        if scheme not in SCHEMES:
+            self.problem(f"{key}.scheme", f"unknown scheme {scheme!r}; use one of {', '.join(sorted(SCHEMES))}")
+            ok = False
+        try:
+            mapping = field_map(table.get("mapping", "generic"))
+        except ValueError as exc:
+            self.problem(f"{key}.mapping", str(exc))
+            ok = False
+        header = table.get("header", DEFAULT_HMAC_HEADER)
+        if "header" in table and scheme != "hmac-sha256":
+            self.problem(f"{key}.header", "only the hmac-sha256 scheme takes a header name")
+        if not isinstance(header, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,100}", header):
+            self.problem(f"{key}.header", "must be an HTTP header name such as X-Hub-Signature-256")
+            ok = False
+        tolerance = self.number(table, f"{key}.tolerance_seconds", 300.0, float, 1)
+        secrets = self.secrets(name)
+        if not ok or not secrets:
+            return None
+        return Source(name, scheme, mapping, secrets, tolerance, header)
+
+    def secrets(self, source: str) -> tuple[str, ...]:
+        variable = secret_variable(source)
+        values = tuple(s.strip() for s in self.env.get(variable, "").split(",") if s.strip())
+        if not values:
+            self.env_problem(variable, f"unset or empty; set the signing secret of source {source} "
+                             "(several separated by commas while rotating), or run `flask --app wsgi init`")
+        return values
+
+    def rules(self, value: Any) -> tuple[Rule, ...]:
+        if not isinstance(value, list):
+            self.problem("rules", "must be an array of tables: [[rules]]")
+            return ()
+        rules = []
+        for number, table in enumerate(value, start=1):
+            try:
+                if not isinstance(table, dict):
+                    raise ValueError("must be a table")
+                rules.append(rule_from_table(table))
+            except ValueError as exc:
+                self.problem(f"rules[{number}]", str(exc))
+        return tuple(rules)
+
+    def agents(self, value: Any) -> dict[str, str]:
+        if not isinstance(value, dict):
+            self.problem("agents", 'must be a table of "source:crm_id" = "e-mail or Genesys user id"')
+            return {}
+        bad = [k for k, v in value.items() if not isinstance(v, str) or not v.strip()]
+        for key in bad:
+            self.problem(f"agents.{key}", "must be a Genesys user id or an e-mail")
+        return {k: v.strip() for k, v in value.items() if k not in bad}
+
+    def genesys(self) -> Genesys:
+        dry = self.env.get("GENESYS_DRY_RUN", "").strip().lower()
+        if dry not in TRUE_WORDS | FALSE_WORDS:
+            self.env_problem("GENESYS_DRY_RUN", f"{dry!r} is not true or false")
+        result = Genesys(
+            dry_run=dry in TRUE_WORDS,
+            region=self.env.get("GENESYS_REGION", "").strip() or None,
+            client_id=self.env.get("GENESYS_CLIENT_ID", "").strip() or None,
+            client_secret=self.env.get("GENESYS_CLIENT_SECRET", "").strip() or None,
+            api_url=self.env.get("GENESYS_API_URL", "").strip() or None,
+            login_url=self.env.get("GENESYS_LOGIN_URL", "").strip() or None,
+        )
+        if result.region:
+            try:
+                region_hosts(result.region)
+            except ValueError as exc:
+                self.env_problem("GENESYS_REGION", str(exc))
+        if result.dry_run:
+            return result
+        for name, value in (("GENESYS_CLIENT_ID", result.client_id), ("GENESYS_CLIENT_SECRET", result.client_secret)):
+            if not value:
+                self.env_problem(name, "unset; set the OAuth client-credentials client, or GENESYS_DRY_RUN=true")
+        if not result.region and not (result.api_url and result.login_url):
+            self.env_problem("GENESYS_REGION", "unset; set your org's region (e.g. mypurecloud.ie or eu_west_1), "
+                             "or GENESYS_DRY_RUN=true")
+        return result
+
+
+PROCESSING_KEYS: dict[str, tuple[Any, type, float]] = {
+    "max_event_age_seconds": (120.0, float, 1),
+    "retry_budget_seconds": (30.0, float, 0),
+    "worker_threads": (4, int, 0),
+    "worker_queue_size": (1000, int, 1),
+    "sweep_interval_seconds": (10.0, float, 0.1),
+    "stale_claim_seconds": (60.0, float, 1),
+}

@@ -1,0 +1,210 @@
+"""process(event_id): rules, guards, Genesys and the store; shared by the worker, the sweeper and replay."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from webhook import events as events_mod
+from webhook.config import Settings
+from webhook.errors import GenesysError, GenesysNotFoundError, StoreError
+from webhook.events import Envelope, InvalidItem, TicketEvent
+from webhook.genesys import Attempt, GenesysClient, Target, explain
+from webhook.rules import decide
+from webhook.store import EventRecord, Store
+
+logger = logging.getLogger(__name__)
+
+REPLAYABLE = ("received", "applied", "skipped", "no_call", "expired", "failed", "dry_run", "invalid")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one run of process() did: the action decided and the state the event moved from and to."""
+
+    event: int
+    action: str | None
+    old_state: str
+    new_state: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The decision for an event before Genesys is called: a final state now, or an action to carry out."""
+
+    action: str
+    state: str | None
+    detail: str
+
+
+def age_verdict(occurred_at: datetime, now: datetime, max_age: float) -> str | None:
+    """Return why an event is too old to act on, or None when it is fresh enough."""
+    age = (now - occurred_at).total_seconds()
+    if age <= max_age:
+        return None
+    return (f"event is {age:.0f} s old (limit {max_age:.0f} s): too late to change the microphone; "
+            "replay it with --force if it must still be applied")
+
+
+def budget_deadline(monotonic_now: float, *, budget: float, occurred_at: datetime, now: datetime,
+                    max_age: float, force: bool) -> float:
+    """Return the monotonic time by which Genesys must have accepted: the retry budget, never past the age limit."""
+    left = budget
+    if not force:
+        left = min(left, max_age - (now - occurred_at).total_seconds())
+    return monotonic_now + max(left, 0.0)
+
+
+class Processor:
+    """Carries an event from received (or any state, on replay) to a final state."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        genesys: GenesysClient | None,
+        *,
+        clock: Callable[[], datetime],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.genesys = genesys
+        self.clock = clock
+        self.monotonic = monotonic
+
+    def process(self, event_pk: int, *, states: tuple[str, ...] = ("received",), force: bool = False) -> Outcome:
+        """Claim the event and carry it to a final state; the outcome says what happened and why."""
+        now = self.clock()
+        before = self.store.get(event_pk)
+        if before is None:
+            return Outcome(event_pk, None, "missing", "missing", f"no event with id {event_pk}")
+        stale = now - timedelta(seconds=self.settings.stale_claim_seconds)
+        if not self.store.claim(event_pk, now=now, stale_before=stale, states=states):
+            current = self.store.get(event_pk)
+            state = current.state if current else "missing"
+            return Outcome(event_pk, before.action, before.state, state,
+                           f"not processed: the event is {state} and another worker may hold it")
+        try:
+            action, state, detail, fields = self._run(before, now, force)
+        except StoreError:
+            raise
+        except Exception:
+            logger.exception("processing failed", extra={"event": event_pk})
+            action, state, detail, fields = None, "failed", "internal error while processing; see the service log", {}
+        self.store.finish(event_pk, state=state, detail=detail, action=action, now=self.clock(), fields=fields)
+        logger.info("event finished", extra={"event": event_pk, "source": before.source, "state": state})
+        return Outcome(event_pk, action, before.state, state, detail)
+
+    def preview(self, event_pk: int, *, force: bool = False) -> Outcome:
+        """Say what process() would decide, without claiming, calling Genesys or writing anything."""
+        record = self.store.get(event_pk)
+        if record is None:
+            return Outcome(event_pk, None, "missing", "missing", f"no event with id {event_pk}")
+        event = self._event(record)
+        if isinstance(event, InvalidItem):
+            return Outcome(event_pk, None, record.state, "invalid", event.reason)
+        plan = self._plan(event, record.id, self.clock(), force, write=False)
+        state = plan.state or "would act"
+        return Outcome(event_pk, plan.action, record.state, state, plan.detail)
+
+    def _run(self, record: EventRecord, now: datetime, force: bool) -> tuple[str | None, str, str, dict[str, object]]:
+        event = self._event(record)
+        if isinstance(event, InvalidItem):
+            return None, "invalid", event.reason, {}
+        fields = self._reparsed_fields(record, event)
+        plan = self._plan(event, record.id, now, force, write=True)
+        if plan.state is not None:
+            return plan.action, plan.state, plan.detail, fields
+        if self.genesys is None or self.settings.genesys.dry_run:
+            return plan.action, "dry_run", f"would {plan.detail}; dry run (GENESYS_DRY_RUN=true): no request made", fields
+        state, detail = self._act(record.id, event, plan, now, force)
+        return plan.action, state, detail, fields
+
+    def _event(self, record: EventRecord) -> TicketEvent | InvalidItem:
+        """Rebuild the TicketEvent from the stored row; an invalid row is parsed again with today's mapping."""
+        if record.state != "invalid" and record.ticket_id is not None and record.occurred_at is not None:
+            return TicketEvent(record.source, record.event_id, record.occurred_at, record.ticket_id,
+                               record.status or "", record.previous_status, record.agent or "",
+                               record.conversation_id)
+        source = self.settings.sources.get(record.source)
+        if source is None:
+            return InvalidItem(record.source, record.event_id, f"source {record.source} is no longer configured")
+        envelope = Envelope(record.source, record.received_at, record.signed_at, record.message_id)
+        items = events_mod.parse(record.raw_body, source.mapping, envelope, self.settings.agents)
+        match = [i for i in items if i.event_id == record.event_id] or (items if len(items) == 1 else [])
+        if not match:
+            return InvalidItem(record.source, record.event_id, "the body no longer yields this event id")
+        item = match[0]
+        return replace(item, event_id=record.event_id) if isinstance(item, TicketEvent) else item
+
+    @staticmethod
+    def _reparsed_fields(record: EventRecord, event: TicketEvent) -> dict[str, object]:
+        if record.state != "invalid":
+            return {}
+        return {"ticket_id": event.ticket_id, "status": event.status, "previous_status": event.previous_status,
+                "agent": event.agent, "conversation_id": event.conversation_id, "occurred_at": event.occurred_at}
+
+    def _plan(self, event: TicketEvent, event_pk: int, now: datetime, force: bool, *, write: bool) -> Plan:
+        decision = decide(self.settings.rules, event)
+        if decision.action == "none":
+            reason = f"{decision.detail} says none" if decision.rule else decision.detail
+            return Plan("none", "skipped", f"{reason}: the microphone is left alone")
+        target = f"{decision.action} {event.agent} by {decision.detail}"
+        if force:
+            return Plan(decision.action, None, f"{target}; forced past the age and ordering guards")
+        too_old = age_verdict(event.occurred_at, now, self.settings.max_event_age_seconds)
+        if too_old:
+            return Plan(decision.action, "expired", too_old)
+        if not self._in_order(event, event_pk, now, write):
+            return Plan(decision.action, "skipped",
+                        f"a newer event for {event.agent} was already acted on; this older one would undo it")
+        return Plan(decision.action, None, target)
+
+    def _in_order(self, event: TicketEvent, event_pk: int, now: datetime, write: bool) -> bool:
+        if write:
+            return self.store.advance_agent(event.agent, occurred_at=event.occurred_at, event_pk=event_pk, now=now)
+        slot = self.store.agent_slot(event.agent)
+        return slot is None or slot <= (event.occurred_at, event_pk)
+
+    def _act(self, event_pk: int, event: TicketEvent, plan: Plan, now: datetime, force: bool) -> tuple[str, str]:
+        assert self.genesys is not None
+        deadline = budget_deadline(self.monotonic(), budget=self.settings.retry_budget_seconds,
+                                   occurred_at=event.occurred_at, now=now,
+                                   max_age=self.settings.max_event_age_seconds, force=force)
+        record = self._recorder(event_pk)
+        muted = plan.action == "mute"
+        try:
+            for last_try in (False, True):
+                target = self.genesys.find_target(event.agent, conversation_id=event.conversation_id,
+                                                  deadline=deadline, record=record)
+                if target is None:
+                    return "no_call", f"{event.agent} is not on a live voice call; nothing to {plan.action}"
+                try:
+                    self.genesys.set_muted(target, muted, deadline=deadline, record=record)
+                    return "applied", _applied_detail(plan, target)
+                except GenesysNotFoundError:
+                    if last_try or event.conversation_id:
+                        raise
+                    # The cached call ended between lookup and PATCH; the client dropped it, so look once more.
+        except GenesysError as exc:
+            return "failed", explain(exc)
+        raise AssertionError("unreachable")
+
+    def _recorder(self, event_pk: int) -> Callable[[Attempt], None]:
+        def record(attempt: Attempt) -> None:
+            self.store.add_attempt(
+                event_pk, at=self.clock(), method=attempt.method, path=attempt.path, status=attempt.status,
+                code=attempt.code, correlation_id=attempt.correlation_id, duration_ms=attempt.duration_ms,
+                error=attempt.error)
+        return record
+
+
+def _applied_detail(plan: Plan, target: Target) -> str:
+    verb = "muted" if plan.action == "mute" else "unmuted"
+    return (f"{verb} {target.user_id} on call {target.conversation_id} "
+            f"(participant {target.participant_id}); asked: {plan.detail}")

@@ -1,0 +1,449 @@
+"""The only SQL of the service (SQLAlchemy Core): events, their Genesys attempts, and per-agent ordering state."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from webhook.errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+FINAL_STATES = ("applied", "skipped", "no_call", "expired", "failed", "dry_run", "invalid")
+STATES = ("received", "processing") + FINAL_STATES
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that goes in and comes out as an aware UTC datetime on every database."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; pass an aware UTC time")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Id = BigInteger().with_variant(Integer, "sqlite")
+metadata = MetaData()
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("event_id", String(600), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    Column("action", String(8)),
+    Column("ticket_id", String(512)),
+    Column("status", String(512)),
+    Column("previous_status", String(512)),
+    Column("agent", String(512)),
+    Column("conversation_id", String(512)),
+    Column("occurred_at", UTCDateTime()),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("claimed_at", UTCDateTime()),
+    Column("signed_at", UTCDateTime()),
+    Column("message_id", String(512)),
+    Column("raw_body", LargeBinary, nullable=False),
+    Column("headers", Text, nullable=False, default="{}"),
+    UniqueConstraint("source", "event_id", name="uq_events_source_event_id"),
+    Index("ix_events_state_received", "state", "received_at"),
+    Index("ix_events_received", "received_at"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event", Id, ForeignKey("events.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("path", String(512), nullable=False),
+    Column("status", Integer),
+    Column("code", String(200)),
+    Column("correlation_id", String(200)),
+    Column("duration_ms", Float, nullable=False),
+    Column("error", Text),
+)
+
+agent_state = Table(
+    "agent_state",
+    metadata,
+    Column("agent", String(512), primary_key=True),
+    Column("occurred_at", UTCDateTime(), nullable=False),
+    Column("event", Id, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """A row to insert at intake: a parsed event, or an invalid body with its reason in `detail`."""
+
+    source: str
+    event_id: str
+    state: str
+    detail: str
+    received_at: datetime
+    raw_body: bytes = field(repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    ticket_id: str | None = None
+    status: str | None = None
+    previous_status: str | None = None
+    agent: str | None = None
+    conversation_id: str | None = None
+    occurred_at: datetime | None = None
+    signed_at: datetime | None = None
+    message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Saved:
+    """The outcome of saving one NewEvent: its row id and whether it was already stored."""
+
+    id: int
+    source: str
+    event_id: str
+    duplicate: bool
+    state: str
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """A stored event as read back from the database."""
+
+    id: int
+    source: str
+    event_id: str
+    state: str
+    detail: str
+    action: str | None
+    ticket_id: str | None
+    status: str | None
+    previous_status: str | None
+    agent: str | None
+    conversation_id: str | None
+    occurred_at: datetime | None
+    received_at: datetime
+    updated_at: datetime
+    claimed_at: datetime | None
+    signed_at: datetime | None
+    message_id: str | None
+    raw_body: bytes = field(repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """Return the JSON-ready fields shown by `events list --json` (no body)."""
+        return {
+            "id": self.id, "source": self.source, "event_id": self.event_id, "state": self.state,
+            "detail": self.detail, "action": self.action, "ticket_id": self.ticket_id, "status": self.status,
+            "previous_status": self.previous_status, "agent": self.agent, "conversation_id": self.conversation_id,
+            "occurred_at": _iso(self.occurred_at), "received_at": _iso(self.received_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One Genesys request made for an event."""
+
+    at: datetime
+    method: str
+    path: str
+    status: int | None
+    code: str | None
+    correlation_id: str | None
+    duration_ms: float
+    error: str | None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+class Store:
+    """Events, attempts and ordering state in one SQL database (SQLite locally, PostgreSQL in production)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        """Open a store; SQLite files get their folder, WAL mode and a busy timeout."""
+        if url.startswith("sqlite"):
+            _make_sqlite_folder(url)
+            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=5)
+        return cls(engine)
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            logger.warning("store error: %s", type(exc).__name__)
+            raise StoreError(f"the database cannot be used: {type(exc).__name__}") from exc
+
+    def create_schema(self) -> None:
+        """Create the tables that do not exist yet (idempotent)."""
+        with self._tx() as conn:
+            metadata.create_all(conn)
+
+    def ping(self) -> None:
+        """Raise StoreError unless the database answers a trivial query."""
+        with self._tx() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def save(self, rows: Sequence[NewEvent]) -> list[Saved]:
+        """Insert rows in one transaction; a (source, event_id) already stored is reported as a duplicate."""
+        with self._tx() as conn:
+            return [self._save_one(conn, row) for row in rows]
+
+    def _save_one(self, conn: Connection, row: NewEvent) -> Saved:
+        values = {
+            "source": row.source, "event_id": row.event_id, "state": row.state, "detail": row.detail,
+            "ticket_id": row.ticket_id, "status": row.status, "previous_status": row.previous_status,
+            "agent": row.agent, "conversation_id": row.conversation_id, "occurred_at": row.occurred_at,
+            "received_at": row.received_at, "updated_at": row.received_at, "signed_at": row.signed_at,
+            "message_id": row.message_id, "raw_body": row.raw_body,
+            "headers": json.dumps(dict(row.headers), sort_keys=True),
+        }
+        new_id = conn.execute(self._insert_ignore(events, ["source", "event_id"], values).returning(events.c.id))
+        row_id = new_id.scalar()
+        if row_id is not None:
+            return Saved(int(row_id), row.source, row.event_id, False, row.state)
+        found = conn.execute(
+            select(events.c.id, events.c.state).where(events.c.source == row.source, events.c.event_id == row.event_id)
+        ).one()
+        return Saved(int(found.id), row.source, row.event_id, True, found.state)
+
+    def _insert_ignore(self, table: Table, keys: list[str], values: Mapping[str, Any]) -> Any:
+        maker = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        return maker(table).values(**values).on_conflict_do_nothing(index_elements=keys)
+
+    def get(self, event_id: int) -> EventRecord | None:
+        """Return one stored event by row id, or None."""
+        with self._tx() as conn:
+            row = conn.execute(select(events).where(events.c.id == event_id)).mappings().first()
+        return _record(row) if row else None
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        source: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = 50,
+        ids: Sequence[int] | None = None,
+    ) -> list[EventRecord]:
+        """Return stored events, newest first, filtered by state, source, receipt time or ids."""
+        query = select(events).order_by(events.c.id.desc())
+        if state:
+            query = query.where(events.c.state == state)
+        if source:
+            query = query.where(events.c.source == source)
+        if since:
+            query = query.where(events.c.received_at >= since)
+        if ids is not None:
+            query = query.where(events.c.id.in_(list(ids)))
+        if limit:
+            query = query.limit(limit)
+        with self._tx() as conn:
+            return [_record(row) for row in conn.execute(query).mappings()]
+
+    def iter_events(self, batch: int = 500) -> Iterator[EventRecord]:
+        """Yield every stored event, oldest first, in batches (for export)."""
+        last = 0
+        while True:
+            with self._tx() as conn:
+                rows = conn.execute(
+                    select(events).where(events.c.id > last).order_by(events.c.id).limit(batch)
+                ).mappings().all()
+            if not rows:
+                return
+            for row in rows:
+                yield _record(row)
+            last = rows[-1]["id"]
+
+    def find(self, source: str, event_id: str) -> EventRecord | None:
+        """Return the stored event with this sender id, or None."""
+        with self._tx() as conn:
+            row = conn.execute(
+                select(events).where(events.c.source == source, events.c.event_id == event_id)
+            ).mappings().first()
+        return _record(row) if row else None
+
+    def attempts(self, event_pk: int) -> list[AttemptRecord]:
+        """Return the Genesys requests made for one event, oldest first."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(attempts).where(attempts.c.event == event_pk).order_by(attempts.c.id)
+            ).mappings()
+            return [AttemptRecord(r["at"], r["method"], r["path"], r["status"], r["code"], r["correlation_id"],
+                                  r["duration_ms"], r["error"]) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Return how many events are in each state."""
+        with self._tx() as conn:
+            rows = conn.execute(select(events.c.state, func.count()).group_by(events.c.state)).all()
+        return {state: int(count) for state, count in rows}
+
+
+    def claim(self, event_pk: int, *, now: datetime, stale_before: datetime, states: Sequence[str] = ("received",)) -> bool:
+        """Move an event to processing unless another worker holds a fresh claim; True when this caller won it."""
+        allowed = or_(events.c.state.in_(list(states)),
+                      and_(events.c.state == "processing", events.c.claimed_at < stale_before))
+        with self._tx() as conn:
+            result = conn.execute(
+                update(events).where(events.c.id == event_pk, allowed)
+                .values(state="processing", claimed_at=now, updated_at=now)
+            )
+        return result.rowcount == 1
+
+    def finish(self, event_pk: int, *, state: str, detail: str, now: datetime, action: str | None = None,
+               fields: Mapping[str, Any] | None = None) -> None:
+        """Record an event's final state, its one-line detail and the action decided (plus re-parsed fields)."""
+        values = {"state": state, "detail": detail[:2000], "action": action, "updated_at": now, "claimed_at": None}
+        values.update(fields or {})
+        with self._tx() as conn:
+            conn.execute(update(events).where(events.c.id == event_pk).values(**values))
+
+    def release(self, event_pk: int, *, now: datetime) -> None:
+        """Hand a claimed event back to the sweeper (used at shutdown)."""
+        with self._tx() as conn:
+            conn.execute(update(events).where(events.c.id == event_pk, events.c.state == "processing")
+                         .values(state="received", claimed_at=None, updated_at=now))
+
+    def add_attempt(self, event_pk: int, *, at: datetime, method: str, path: str, status: int | None,
+                    code: str | None, correlation_id: str | None, duration_ms: float, error: str | None) -> None:
+        """Keep one Genesys request made for an event."""
+        with self._tx() as conn:
+            conn.execute(insert(attempts).values(
+                event=event_pk, at=at, method=method, path=path[:512], status=status, code=code,
+                correlation_id=correlation_id, duration_ms=duration_ms, error=error))
+
+    def advance_agent(self, agent: str, *, occurred_at: datetime, event_pk: int, now: datetime) -> bool:
+        """Take the agent's ordering slot for this event unless a newer event has it; True when this event may act."""
+        values = {"agent": agent, "occurred_at": occurred_at, "event": event_pk, "updated_at": now}
+        newer = or_(agent_state.c.occurred_at < occurred_at,
+                    and_(agent_state.c.occurred_at == occurred_at, agent_state.c.event <= event_pk))
+        with self._tx() as conn:
+            inserted = conn.execute(self._insert_ignore(agent_state, ["agent"], values)).rowcount
+            if inserted == 1:
+                return True
+            won = conn.execute(update(agent_state).where(agent_state.c.agent == agent, newer).values(**values))
+            return won.rowcount == 1
+
+    def agent_slot(self, agent: str) -> tuple[datetime, int] | None:
+        """Return (occurred_at, event row id) of the newest event acted on for an agent, or None."""
+        with self._tx() as conn:
+            row = conn.execute(select(agent_state.c.occurred_at, agent_state.c.event)
+                               .where(agent_state.c.agent == agent)).first()
+        return (row[0], int(row[1])) if row else None
+
+    def pending(self, *, received_before: datetime, stale_before: datetime, limit: int = 100) -> list[int]:
+        """Return ids of events left in received, or stuck in processing with a stale claim, oldest first."""
+        waiting = or_(and_(events.c.state == "received", events.c.received_at < received_before),
+                      and_(events.c.state == "processing", events.c.claimed_at < stale_before))
+        with self._tx() as conn:
+            rows = conn.execute(select(events.c.id).where(waiting).order_by(events.c.id).limit(limit)).all()
+        return [int(r[0]) for r in rows]
+
+    def oldest_unfinished(self) -> datetime | None:
+        """Return the receipt time of the oldest event still received or processing."""
+        with self._tx() as conn:
+            return conn.execute(select(func.min(events.c.received_at))
+                                .where(events.c.state.in_(["received", "processing"]))).scalar()
+
+    def purge(self, *, before: datetime, batch: int = 1000) -> int:
+        """Delete events received before a time, with their attempts, in batches; return how many went."""
+        total = 0
+        while True:
+            with self._tx() as conn:
+                ids = [r[0] for r in conn.execute(
+                    select(events.c.id).where(events.c.received_at < before).order_by(events.c.id).limit(batch))]
+                if not ids:
+                    return total
+                conn.execute(delete(attempts).where(attempts.c.event.in_(ids)))
+                conn.execute(delete(events).where(events.c.id.in_(ids)))
+            total += len(ids)
+
+
+def _record(row: Mapping[str, Any]) -> EventRecord:
+    values = dict(row)
+    values["raw_body"] = bytes(values["raw_body"])
+    try:
+        values["headers"] = json.loads(values["headers"] or "{}")
+    except ValueError:
+        values["headers"] = {}
+    return EventRecord(**values)
+
+
+def _make_sqlite_folder(url: str) -> None:
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if path and path != ":memory:" and not path.startswith("file:"):
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

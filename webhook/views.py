@@ -1,0 +1,139 @@
+"""The HTTP edge: /webhooks/<source>, /healthz, /readyz. Translates requests to pure calls and back."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import quote
+
+from flask import Blueprint, Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from webhook import signatures
+from webhook.app_state import get_state
+from webhook.errors import SignatureError, StoreError
+from webhook.events import Envelope, InvalidItem, TicketEvent, parse
+from webhook.store import NewEvent
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("webhook", __name__)
+
+# Headers never stored with an event: signatures and credentials are not needed to replay it.
+UNSTORED_HEADERS = frozenset({
+    "authorization", "cookie", "proxy-authorization", "webhook-signature", "svix-signature",
+    "x-zendesk-webhook-signature", "x-hubspot-signature", "x-hubspot-signature-v3", "x-hub-signature",
+    "x-hub-signature-256",
+})
+MAX_STORED_HEADER_CHARS = 1024
+
+
+@bp.post("/webhooks/<source>")
+def receive(source: str) -> tuple[Response, int] | Response:
+    """Verify, parse and store a delivery, answer at once, then hand the new events to the worker."""
+    state = get_state()
+    src = state.settings.sources.get(source)
+    if src is None:
+        return error(404, "unknown_source", f"no source named {source[:64]!r} is configured")
+    body = request.get_data(cache=True)
+    now = state.clock()
+    try:
+        verified = signatures.verify(src.scheme, body=body, headers=request.headers, secrets=src.secrets, now=now,
+                                     tolerance=src.tolerance_seconds, method=request.method,
+                                     url=signed_url(), header=src.header)
+    except SignatureError as exc:
+        logger.warning("signature refused: %s", exc, extra={"source": source})
+        return error(401, "invalid_signature", str(exc))
+    envelope = Envelope(source, now, verified.signed_at, verified.message_id)
+    items = parse(body, src.mapping, envelope, state.settings.agents)
+    headers = stored_headers(request.headers.items(), src.header)
+    try:
+        saved = state.store.save([new_event(item, body, headers, envelope) for item in items])
+    except StoreError:
+        response = error(503, "store_unavailable", "the event could not be stored; retry later")
+        response[0].headers["Retry-After"] = "5"
+        return response
+    state.worker.submit([s.id for s in saved if not s.duplicate and s.state == "received"])
+    return answer(saved, [item for item in items if isinstance(item, InvalidItem)])
+
+
+def answer(saved: list[Any], invalid: list[InvalidItem]) -> tuple[Response, int]:
+    """Build the intake answer: 202 when something new was stored, 200 when all were duplicates, 400 if invalid."""
+    accepted = [s for s in saved if not s.duplicate and s.state != "invalid"]
+    body: dict[str, Any] = {
+        "accepted": [{"id": s.id, "source": s.source, "event_id": s.event_id} for s in accepted],
+        "duplicates": [{"id": s.id, "source": s.source, "event_id": s.event_id} for s in saved if s.duplicate],
+    }
+    for s in saved:
+        logger.info("duplicate delivery" if s.duplicate else "event stored",
+                    extra={"source": s.source, "event": s.id, "state": s.state})
+    if invalid:
+        body.update(error="invalid_event", detail="; ".join(i.reason for i in invalid)[:2000],
+                    invalid=[{"id": s.id, "event_id": s.event_id} for s in saved if s.state == "invalid"])
+        return jsonify(body), 400
+    return jsonify(body), 202 if accepted else 200
+
+
+def new_event(item: TicketEvent | InvalidItem, body: bytes, headers: dict[str, str], envelope: Envelope) -> NewEvent:
+    """Turn a parsed item into the row that intake stores."""
+    common = {"source": item.source, "event_id": item.event_id, "received_at": envelope.received_at,
+              "raw_body": body, "headers": headers, "signed_at": envelope.signed_at,
+              "message_id": envelope.message_id}
+    if isinstance(item, InvalidItem):
+        return NewEvent(state="invalid", detail=item.reason, **common)  # type: ignore[arg-type]
+    return NewEvent(state="received", detail="", ticket_id=item.ticket_id, status=item.status,  # type: ignore[arg-type]
+                    previous_status=item.previous_status, agent=item.agent,
+                    conversation_id=item.conversation_id, occurred_at=item.occurred_at, **common)
+
+
+def stored_headers(items: Any, signature_header: str) -> dict[str, str]:
+    """Keep the request headers useful for replay and diagnosis; never signatures or credentials."""
+    skip = UNSTORED_HEADERS | {signature_header.lower()}
+    return {k: v[:MAX_STORED_HEADER_CHARS] for k, v in items if k.lower() not in skip}
+
+
+def signed_url() -> str:
+    """Rebuild the URL the sender called (HubSpot signs it), as the proxy saw it (ProxyFix fixes scheme and host)."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if not raw:
+        raw = quote(request.path)
+        if request.query_string:
+            raw += "?" + request.query_string.decode("latin-1")
+    return f"{request.scheme}://{request.host}{raw}"
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Answer 200 while the process is up."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Answer 200 when the store answers, 503 otherwise; show the Genesys mode."""
+    state = get_state()
+    mode = "dry_run" if state.settings.genesys.dry_run else "live"
+    try:
+        state.store.ping()
+    except StoreError:
+        return jsonify(status="unavailable", database="down", genesys=mode), 503
+    return jsonify(status="ok", database="ok", genesys=mode), 200
+
+
+def error(status: int, code: str, detail: str) -> tuple[Response, int]:
+    """Return the JSON error body every refusal uses."""
+    return jsonify(error=code, detail=detail), status
+
+
+def handle_http_exception(exc: HTTPException) -> tuple[Response, int]:
+    """Turn Werkzeug's HTTP errors (404, 405, 413, ...) into JSON instead of HTML."""
+    code = (exc.name or "error").lower().replace(" ", "_")
+    detail = exc.description or exc.name or "error"
+    if exc.code == 413:
+        detail = f"the body is larger than {get_state().settings.max_body_bytes} bytes"
+    return error(exc.code or 500, code, detail)
+
+
+def init_app(app: Flask) -> None:
+    """Register the blueprint and the JSON error handler."""
+    app.register_blueprint(bp)
+    app.register_error_handler(HTTPException, handle_http_exception)
