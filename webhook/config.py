@@ -114,6 +114,8 @@ class _Loader:
 
     def load(self) -> Settings:
         doc = self.read_toml()
+        if self.problems:  # nothing else can be checked in a file that cannot be read
+            raise ConfigError(self.problems)
         for key in sorted(set(doc) - set(TOP_KEYS)):
             self.problem(key, f"unknown section; the file has {', '.join(TOP_KEYS)}")
         intake = self.table(doc, "intake", ("max_body_bytes", "trusted_proxies"))

@@ -1,0 +1,158 @@
+"""Configuration: the shipped file loads, and every problem is reported at once with file, key and hint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFIG, ROOT, SECRETS
+from webhook.config import Settings, database_url, secret_variable
+from webhook.errors import ConfigError
+
+DRY = SECRETS | {"GENESYS_DRY_RUN": "true"}
+
+
+def load(tmp_path: Path, toml: str, env: dict[str, str] | None = None) -> Settings:
+    path = tmp_path / "webhook.toml"
+    path.write_text(toml, encoding="utf-8")
+    return Settings.from_env(DRY if env is None else env, config_path=str(path))
+
+
+def problems(tmp_path: Path, toml: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, toml, env)
+    return info.value.problems
+
+
+def test_shipped_config_loads_with_its_sources_rules_and_defaults() -> None:
+    settings = Settings.from_env(DRY, config_path=CONFIG)
+    assert {n: s.scheme for n, s in settings.sources.items()} == {
+        "zendesk": "zendesk", "helpdesk": "standard", "inhouse": "hmac-sha256", "hubspot": "hubspot-v3"}
+    assert settings.sources["hubspot"].mapping.agent == ("ownerEmail", "ownerId")
+    assert settings.rules[0].action == "mute" and settings.rules[-1].action == "none"
+    assert settings.agents["zendesk:381920"] == "jane.agent@example.com"
+    assert (settings.max_body_bytes, settings.max_event_age_seconds, settings.retry_budget_seconds) == (
+        262144, 120.0, 30.0)
+    assert settings.database_url == "sqlite:///instance/webhook.db"
+    assert settings.genesys.dry_run is True
+
+
+def test_secrets_are_split_on_commas_for_rotation_and_never_shown_in_repr() -> None:
+    env = DRY | {"INHOUSE_WEBHOOK_SECRET": " old-secret , new-secret ,"}
+    settings = Settings.from_env(env, config_path=CONFIG)
+    assert settings.sources["inhouse"].secrets == ("old-secret", "new-secret")
+    assert "new-secret" not in repr(settings)
+
+
+def test_every_problem_is_listed_at_once_with_file_key_and_hint(tmp_path: Path) -> None:
+    toml = """
+[sources.zendesk]
+scheme = "zendsk"
+mapping = "zendesk-event"
+[sources.crm]
+scheme = "standard"
+mapping = {ticket_id = "t", status = "s"}
+tolerance = 30
+[[rules]]
+status = "hold"
+[[rules]]
+status = "open"
+action = "silence"
+[intake]
+max_body_bytes = "big"
+[procesing]
+max_event_age_seconds = 60
+"""
+    env = {"GENESYS_DRY_RUN": "false", "GENESYS_REGION": "mars_north_1"}
+    found = "\n".join(problems(tmp_path, toml, env))
+    path = str(tmp_path / "webhook.toml")
+    for expected in [
+        f"{path}: sources.zendesk.scheme: unknown scheme 'zendsk'; use one of hmac-sha256, hubspot-v3, standard, zendesk",
+        f"{path}: sources.crm.mapping: mapping lacks agent",
+        f"{path}: sources.crm.tolerance: unknown key",
+        f"{path}: rules[1]: action is None; it must be one of mute, unmute, none",
+        f"{path}: rules[2]: action is 'silence'",
+        f"{path}: intake.max_body_bytes: must be an integer, got 'big'",
+        f"{path}: procesing: unknown section",
+        "environment: ZENDESK_WEBHOOK_SECRET: unset or empty",
+        "environment: CRM_WEBHOOK_SECRET: unset or empty",
+        "environment: GENESYS_CLIENT_ID: unset",
+        "environment: GENESYS_CLIENT_SECRET: unset",
+        "environment: GENESYS_REGION: unknown Genesys region 'mars_north_1'",
+    ]:
+        assert expected in found
+    assert len(found.splitlines()) == 12
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("", "sources: no source defined"),
+        ("[sources.'Bad Name']\nscheme='standard'", "a source name is lower-case"),
+        ("[sources.x]\nscheme='standard'\nheader='X-Sig'", "only the hmac-sha256 scheme takes a header"),
+        ("[sources.x]\nscheme='hmac-sha256'\nheader='X Sig'", "must be an HTTP header name"),
+        ("[sources.x]\nscheme='standard'\ntolerance_seconds=0", "tolerance_seconds: must be at least 1"),
+        ("[sources.x]\nscheme='standard'\n[agents]\n'x:1' = 3", "agents.x:1: must be a Genesys user id"),
+        ("[sources.x]\nscheme='standard'\nrules = 'mute'", "unknown key"),
+        ("[sources.x]\nscheme='standard'\n[processing]\nworker_threads = 1.5", "must be an integer"),
+        ("[sources.x\n", "not valid TOML"),
+    ],
+)
+def test_single_problems_are_named(tmp_path: Path, toml: str, message: str) -> None:
+    env = DRY | {"X_WEBHOOK_SECRET": "s"}
+    assert any(message in p for p in problems(tmp_path, toml, env)), problems(tmp_path, toml, env)
+
+
+def test_missing_file_says_how_to_point_at_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found; set WEBHOOK_CONFIG"):
+        Settings.from_env(DRY, config_path=str(tmp_path / "absent.toml"))
+
+
+def test_live_genesys_needs_credentials_and_a_region_or_both_urls() -> None:
+    live = SECRETS | {"GENESYS_DRY_RUN": "false", "GENESYS_CLIENT_ID": "id", "GENESYS_CLIENT_SECRET": "secret"}
+    with pytest.raises(ConfigError, match="GENESYS_REGION: unset"):
+        Settings.from_env(live, config_path=CONFIG)
+    region = Settings.from_env(live | {"GENESYS_REGION": "eu_west_1"}, config_path=CONFIG).genesys
+    assert region.hosts() == ("https://api.mypurecloud.ie", "https://login.mypurecloud.ie")
+    urls = live | {"GENESYS_API_URL": "http://127.0.0.1:9/", "GENESYS_LOGIN_URL": "http://127.0.0.1:9"}
+    assert Settings.from_env(urls, config_path=CONFIG).genesys.hosts() == ("http://127.0.0.1:9",) * 2
+    assert "secret" not in repr(region)
+
+
+@pytest.mark.parametrize("word", ["maybe", "2"])
+def test_dry_run_must_be_a_boolean_word(word: str) -> None:
+    with pytest.raises(ConfigError, match="GENESYS_DRY_RUN"):
+        Settings.from_env(SECRETS | {"GENESYS_DRY_RUN": word}, config_path=CONFIG)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://u:p@h:5432/d", "postgresql+psycopg://u:p@h:5432/d"),
+        ("postgresql://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("postgresql+psycopg://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+    ],
+)
+def test_database_urls_accept_heroku_form(url: str, expected: str) -> None:
+    assert database_url(url) == expected
+
+
+def test_secret_variable_names() -> None:
+    assert secret_variable("zendesk") == "ZENDESK_WEBHOOK_SECRET"
+    assert secret_variable("help-desk_2") == "HELP_DESK_2_WEBHOOK_SECRET"
+
+
+def test_the_service_refuses_to_start_and_lists_the_problems(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_WEBHOOK_SECRET") and not k.startswith("GENESYS")}
+    env |= {"WEBHOOK_CONFIG": CONFIG, "PYTHONPATH": str(ROOT), "ZENDESK_WEBHOOK_SECRET": "only-one"}
+    result = subprocess.run([sys.executable, "-c", "import wsgi"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert "crm-mute-bridge cannot start" in result.stderr
+    assert "HELPDESK_WEBHOOK_SECRET: unset or empty" in result.stderr
+    assert "INHOUSE_WEBHOOK_SECRET" in result.stderr and "only-one" not in result.stderr

@@ -1,0 +1,195 @@
+"""The HTTP contract of DESIGN.md 4.1 through Flask's test client, with bodies signed by the production signer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine
+
+from tests.conftest import ROOT, Clock, SignedPost
+from webhook import signatures
+from webhook.cli import freshen
+from webhook.config import Settings
+from webhook.store import Store
+
+
+def sample(name: str, settings: Settings, source: str, clock: Clock) -> bytes:
+    return freshen((ROOT / "samples" / name).read_bytes(), settings.sources[source].mapping, clock())
+
+
+def generic(event_id: str = "evt_1", status: str = "payment_in_progress", occurred: str = "2026-11-23T10:00:00Z",
+            agent: str = "jane.agent@example.com") -> str:
+    return json.dumps({"event_id": event_id, "occurred_at": occurred, "agent": {"email": agent},
+                       "ticket": {"id": "48213", "status": status, "previous_status": "open"}})
+
+
+@pytest.mark.parametrize("source", ["helpdesk", "inhouse"])
+def test_a_new_signed_event_is_accepted_stored_and_decided(signed_post: SignedPost, store: Store,
+                                                           source: str) -> None:
+    response = signed_post(source, generic())
+    assert response.status_code == 202
+    [accepted] = response.json["accepted"]
+    assert response.json["duplicates"] == []
+    assert (accepted["source"], accepted["event_id"]) == (source, "evt_1")
+    record = store.get(accepted["id"])
+    assert record is not None
+    assert (record.state, record.action, record.agent, record.status) == (
+        "dry_run", "mute", "jane.agent@example.com", "payment_in_progress")
+    assert record.detail.startswith("would mute jane.agent@example.com by rule 1")
+    assert record.raw_body == generic().encode()
+
+
+def test_zendesk_sample_is_accepted_and_mapped_through_agents(signed_post: SignedPost, store: Store,
+                                                              settings: Settings, clock: Clock) -> None:
+    response = signed_post("zendesk", sample("zendesk-status-changed.json", settings, "zendesk", clock))
+    assert response.status_code == 202
+    record = store.get(response.json["accepted"][0]["id"])
+    assert record is not None
+    assert (record.state, record.action, record.agent) == ("dry_run", "mute", "jane.agent@example.com")
+    assert "zendesk: this team puts a ticket on hold" in record.detail
+
+
+def test_hubspot_array_gives_one_event_each(signed_post: SignedPost, settings: Settings, clock: Clock) -> None:
+    response = signed_post("hubspot", sample("hubspot-batch.json", settings, "hubspot", clock))
+    assert response.status_code == 202
+    assert len(response.json["accepted"]) == 2
+
+
+def test_hubspot_signature_survives_a_proxy(client: FlaskClient, settings: Settings, clock: Clock) -> None:
+    body = sample("hubspot-batch.json", settings, "hubspot", clock)
+    headers = signatures.sign("hubspot-v3", body=body, secret=settings.sources["hubspot"].secrets[0], now=clock(),
+                              url="https://hooks.example.com/webhooks/hubspot?portal=62515")
+    headers |= {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hooks.example.com"}
+    response = client.post("/webhooks/hubspot?portal=62515", data=body, headers=headers)
+    assert response.status_code == 202, response.json
+    headers.pop("X-Forwarded-Proto")
+    assert client.post("/webhooks/hubspot?portal=62515", data=body, headers=headers).status_code == 401
+
+
+def test_a_duplicate_delivery_answers_200_and_changes_nothing(signed_post: SignedPost, store: Store,
+                                                              clock: Clock) -> None:
+    first = signed_post("helpdesk", generic())
+    before = store.get(first.json["accepted"][0]["id"])
+    clock.advance(30)
+    again = signed_post("helpdesk", generic())
+    assert again.status_code == 200
+    assert again.json == {"accepted": [], "duplicates": first.json["accepted"]}
+    assert store.get(first.json["accepted"][0]["id"]) == before
+    assert len(store.list()) == 1
+
+
+def test_unknown_source_is_404(client: FlaskClient) -> None:
+    response = client.post("/webhooks/nosuch", data=b"{}")
+    assert response.status_code == 404
+    assert response.json["error"] == "unknown_source"
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ({"secret": "whsec_d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA=="}, "signature mismatch"),
+        ({"at_offset": -301}, "timestamp outside tolerance"),
+        ({"at_offset": 301}, "timestamp outside tolerance"),
+        ({"headers": {"webhook-signature": ""}}, "webhook-signature"),
+    ],
+)
+def test_bad_signatures_are_401_and_nothing_is_stored(signed_post: SignedPost, store: Store, clock: Clock,
+                                                      change: dict[str, object], detail: str) -> None:
+    at = clock.now
+    if "at_offset" in change:
+        from datetime import timedelta
+
+        at = clock.now + timedelta(seconds=float(change["at_offset"]))  # type: ignore[arg-type]
+    response = signed_post("helpdesk", generic(), at=at, secret=change.get("secret"),  # type: ignore[arg-type]
+                           headers=change.get("headers"))  # type: ignore[arg-type]
+    assert response.status_code == 401
+    assert response.json["error"] == "invalid_signature"
+    assert detail in response.json["detail"]
+    assert store.list() == []
+
+
+def test_a_tampered_byte_is_refused(client: FlaskClient, settings: Settings, clock: Clock) -> None:
+    body = generic().encode()
+    headers = signatures.sign("hmac-sha256", body=body, secret=settings.sources["inhouse"].secrets[0], now=clock())
+    tampered = body.replace(b"jane", b"jone")
+    assert client.post("/webhooks/inhouse", data=tampered, headers=headers).status_code == 401
+
+
+def test_a_rotated_second_secret_is_accepted(app: Flask, client: FlaskClient, settings: Settings,
+                                             clock: Clock) -> None:
+    from dataclasses import replace
+
+    src = replace(settings.sources["inhouse"], secrets=("old-one", "new-one"))
+    app.extensions["webhook"].settings = replace(settings, sources={**settings.sources, "inhouse": src})
+    body = generic().encode()
+    for secret in ("old-one", "new-one"):
+        headers = signatures.sign("hmac-sha256", body=body, secret=secret, now=clock())
+        assert client.post("/webhooks/inhouse", data=body, headers=headers).status_code in (200, 202)
+
+
+def test_a_signed_body_that_cannot_be_parsed_is_stored_invalid_and_400(signed_post: SignedPost,
+                                                                       store: Store) -> None:
+    response = signed_post("inhouse", b'{"ticket": {"id": "1"}}')
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_event"
+    assert "required field status is missing" in response.json["detail"]
+    [row] = response.json["invalid"]
+    record = store.get(row["id"])
+    assert record is not None
+    assert (record.state, record.raw_body) == ("invalid", b'{"ticket": {"id": "1"}}')
+    assert "required field status" in record.detail
+
+
+def test_an_array_with_one_bad_element_keeps_the_good_one(signed_post: SignedPost, store: Store,
+                                                          clock: Clock) -> None:
+    good = {"eventId": 1, "objectId": 5, "propertyValue": "card_capture", "ownerId": "74512",
+            "occurredAt": int(clock().timestamp() * 1000)}
+    response = signed_post("hubspot", json.dumps([good, {"eventId": 2}]))
+    assert response.status_code == 400
+    assert [a["event_id"] for a in response.json["accepted"]] == ["1"]
+    assert [i["event_id"] for i in response.json["invalid"]] == ["2"]
+    assert sorted(r.state for r in store.list()) == ["dry_run", "invalid"]
+
+
+def test_the_body_limit_answers_413_as_json(signed_post: SignedPost, store: Store) -> None:
+    response = signed_post("inhouse", b"x" * (262144 + 1))
+    assert response.status_code == 413
+    assert response.json == {"error": "request_entity_too_large", "detail": "the body is larger than 262144 bytes"}
+    assert store.list() == []
+
+
+def test_stored_headers_keep_ids_but_never_signatures(signed_post: SignedPost, store: Store) -> None:
+    response = signed_post("helpdesk", generic(), headers={"Authorization": "Bearer abc", "X-Request-Id": "r1"})
+    record = store.get(response.json["accepted"][0]["id"])
+    assert record is not None
+    lowered = {k.lower() for k in record.headers}
+    assert {"webhook-id", "webhook-timestamp", "x-request-id"} <= lowered
+    assert not lowered & {"webhook-signature", "authorization"}
+
+
+def test_store_down_answers_503_with_retry_after(app: Flask, signed_post: SignedPost) -> None:
+    state = app.extensions["webhook"]
+    state.store = Store(create_engine("sqlite:////nonexistent-folder/x.db"))
+    response = signed_post("helpdesk", generic())
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.json["error"] == "store_unavailable"
+
+
+def test_health_and_readiness(app: Flask, client: FlaskClient) -> None:
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert (ready.status_code, ready.json["genesys"], ready.json["database"]) == (200, "dry_run", "ok")
+    app.extensions["webhook"].store = Store(create_engine("sqlite:////nonexistent-folder/x.db"))
+    down = client.get("/readyz")
+    assert (down.status_code, down.json["database"]) == (503, "down")
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/webhooks/helpdesk", 405), ("GET", "/nope", 404)])
+def test_errors_are_json_never_html(client: FlaskClient, method: str, path: str, status: int) -> None:
+    response = client.open(path, method=method)
+    assert response.status_code == status
+    assert response.is_json and "error" in response.json
