@@ -16,7 +16,7 @@ from typing import Any
 import click
 import requests
 from flask import Flask
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from webhook import signatures
 from webhook.app_state import AppState, get_state
@@ -137,6 +137,7 @@ def fresh_env(example: str, schemes: dict[str, str]) -> str:
 @click.option("--source", "-s", required=True, help="The configured source whose scheme and secret sign the body.")
 @click.option("--url", default=None, help="Where to POST; default http://127.0.0.1:5000/webhooks/<source>.")
 @click.option("--fresh", is_flag=True, help="Give each event a new id and the current time (for samples).")
+@with_appcontext
 def send_command(file: str, source: str, url: str | None, fresh: bool) -> None:
     """Sign a JSON file with the source's own scheme and first secret, POST it, and print the answer."""
     state = get_state()

@@ -1,0 +1,135 @@
+"""The commands: init, send, events list/show/export, rules check."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import responses
+from flask.testing import FlaskClient, FlaskCliRunner
+
+from tests.conftest import ROOT, Clock, SignedPost
+from webhook.cli import fresh_env, parse_since
+from webhook.store import Store
+
+
+def generic(event_id: str, status: str = "payment_in_progress") -> str:
+    return json.dumps({"event_id": event_id, "occurred_at": "2026-11-23T10:00:00Z", "agent": {"email": "a@ex.com"},
+                       "ticket": {"id": "7", "status": status}})
+
+
+def test_init_writes_env_with_fresh_secrets_once_and_creates_the_database(tmp_path: Path) -> None:
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env.example")
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    env = {k: v for k, v in os.environ.items()
+           if not k.endswith("_WEBHOOK_SECRET") and not k.startswith(("GENESYS", "DATABASE_URL", "WEBHOOK_CONFIG"))}
+    env["PYTHONPATH"] = str(ROOT)
+    flask = [sys.executable, "-m", "flask", "--app", "wsgi", "init"]
+    first = subprocess.run(flask, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "wrote .env with fresh webhook secrets" in first.stdout
+    written = (tmp_path / ".env").read_text()
+    values = dict(line.split("=", 1) for line in written.splitlines() if "=" in line and not line.startswith("#"))
+    assert values["GENESYS_DRY_RUN"] == "true"
+    assert values["HELPDESK_WEBHOOK_SECRET"].startswith("whsec_")
+    assert all(len(values[f"{n}_WEBHOOK_SECRET"]) >= 32 for n in ("ZENDESK", "HELPDESK", "INHOUSE", "HUBSPOT"))
+    assert (tmp_path / ".env").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "instance" / "webhook.db").exists()
+    second = subprocess.run(flask, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert ".env exists; left as it is" in second.stdout
+    assert (tmp_path / ".env").read_text() == written
+
+
+def test_fresh_env_fills_only_empty_secrets_and_forces_dry_run() -> None:
+    example = "# c\nZENDESK_WEBHOOK_SECRET=\nOTHER_WEBHOOK_SECRET=keep\nGENESYS_DRY_RUN=false\nDATABASE_URL=\n"
+    out = fresh_env(example, {"zendesk": "zendesk", "other": "standard", "new": "standard"})
+    lines = out.splitlines()
+    assert lines[0] == "# c" and lines[2] == "OTHER_WEBHOOK_SECRET=keep" and lines[3] == "GENESYS_DRY_RUN=true"
+    assert lines[1].startswith("ZENDESK_WEBHOOK_SECRET=") and len(lines[1]) > 40
+    assert lines[-1].startswith("NEW_WEBHOOK_SECRET=whsec_")
+    assert fresh_env(example, {"zendesk": "zendesk"}) != out
+
+
+def test_send_signs_with_the_source_scheme_and_prints_the_answer(runner: FlaskCliRunner, client: FlaskClient,
+                                                                 store: Store, tmp_path: Path) -> None:
+    def forward(request: Any) -> tuple[int, dict[str, str], str]:
+        answer = client.post("/webhooks/hubspot", data=request.body, headers=dict(request.headers),
+                             base_url="http://127.0.0.1:5000")
+        return answer.status_code, {}, answer.get_data(as_text=True)
+
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.POST, "http://127.0.0.1:5000/webhooks/hubspot", callback=forward)
+        result = runner.invoke(args=["send", str(ROOT / "samples" / "hubspot-batch.json"), "--source", "hubspot",
+                                     "--fresh"])
+    assert result.exit_code == 0, result.output
+    assert "HTTP 202" in result.output
+    assert [r.state for r in store.list()] == ["dry_run", "dry_run"]
+
+
+def test_send_reports_an_unknown_source_and_an_unreachable_service(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=["send", str(ROOT / "samples" / "generic-payment.json"), "--source", "nope"])
+    assert result.exit_code != 0 and "unknown source 'nope'" in result.output
+    with responses.RequestsMock():  # no URL registered: the connection is refused
+        result = runner.invoke(args=["send", str(ROOT / "samples" / "generic-payment.json"), "--source", "inhouse"])
+    assert result.exit_code != 0 and "is the service running?" in result.output
+
+
+def test_events_list_show_and_export(runner: FlaskCliRunner, signed_post: SignedPost, clock: Clock) -> None:
+    signed_post("inhouse", generic("evt_a"))
+    clock.advance(7200)
+    signed_post("inhouse", generic("evt_b", status="open"))
+    signed_post("inhouse", b"not json")
+
+    table = runner.invoke(args=["events", "list"]).output
+    assert table.splitlines()[0].split() == ["id", "received", "source", "event_id", "state", "action", "agent",
+                                             "detail"]
+    assert [line.split()[0] for line in table.splitlines()[1:]] == ["3", "2", "1"]
+
+    rows = json.loads(runner.invoke(args=["events", "list", "--json", "--since", "1h"]).output)
+    assert [(r["event_id"], r["state"]) for r in rows][0][1] == "invalid"
+    assert {r["event_id"] for r in rows} >= {"evt_b"} and "evt_a" not in {r["event_id"] for r in rows}
+    assert {"id", "source", "event_id", "state", "detail", "occurred_at", "received_at"} <= set(rows[0])
+    only = json.loads(runner.invoke(args=["events", "list", "--json", "--state", "skipped"]).output)
+    assert [r["event_id"] for r in only] == ["evt_b"]
+    assert len(json.loads(runner.invoke(args=["events", "list", "--json", "--limit", "1"]).output)) == 1
+
+    shown = json.loads(runner.invoke(args=["events", "show", "1", "--json"]).output)
+    assert shown["body"] == generic("evt_a") and shown["attempts"] == []
+    assert "x-hub-signature-256" not in {k.lower() for k in shown["headers"]}
+    assert "rule 1" in runner.invoke(args=["events", "show", "1"]).output
+    missing = runner.invoke(args=["events", "show", "99"])
+    assert missing.exit_code != 0 and "no event with id 99" in missing.output
+
+    lines = runner.invoke(args=["events", "export"]).output.strip().splitlines()
+    exported = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [e["event_id"] for e in exported][:2] == ["evt_a", "evt_b"]
+    assert exported[2]["raw_body"] == "not json" and exported[2]["raw_body_base64"] == "bm90IGpzb24="
+
+
+def test_rules_check_prints_the_table_and_the_matching_rule(runner: FlaskCliRunner) -> None:
+    out = runner.invoke(args=["rules", "check"]).output
+    assert "card details are being taken" in out and out.count("\n") >= 6
+    hit = runner.invoke(args=["rules", "check", "--status", "HOLD", "--from", "open", "--source", "zendesk"]).output
+    assert "mute (rule 3 (zendesk: this team puts a ticket on hold" in hit
+    miss = runner.invoke(args=["rules", "check", "--status", "hold", "--source", "helpdesk"]).output
+    assert "none (rule 5 (everything else" in miss
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("90s", 90), ("15m", 900), ("1h", 3600), ("30d", 2592000)])
+def test_since_durations(value: str, seconds: int, clock: Clock) -> None:
+    since = parse_since(value, clock())
+    assert since is not None and (clock() - since).total_seconds() == seconds
+
+
+def test_since_refuses_nonsense(clock: Clock) -> None:
+    import click
+
+    with pytest.raises(click.BadParameter, match="neither a duration"):
+        parse_since("last tuesday", clock())
