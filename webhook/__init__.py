@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhook.config import Settings
+
+if TYPE_CHECKING:
+    from webhook.genesys import GenesysClient
 
 
 def utcnow() -> datetime:
@@ -39,7 +43,7 @@ def create_app(
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)  # type: ignore[method-assign]
     store = Store.from_url(settings.database_url)
-    client = genesys if genesys is not None else _genesys_client(settings)
+    client = genesys if genesys is not None else (None if settings.genesys.dry_run else genesys_client(settings))
     assert client is None or isinstance(client, GenesysClient)
     processor = Processor(store, settings, client, clock=clock)
     worker = Worker(processor, threads=settings.worker_threads, queue_size=settings.worker_queue_size)
@@ -57,9 +61,8 @@ def create_app(
     return app
 
 
-def _genesys_client(settings: Settings) -> object | None:
-    if settings.genesys.dry_run:
-        return None
+def genesys_client(settings: Settings) -> GenesysClient:
+    """Build the Genesys client of the configured org (client credentials)."""
     from webhook.genesys import GenesysClient
 
     api_url, login_url = settings.genesys.hosts()

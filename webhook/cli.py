@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import sys
+import time
 import tomllib
 import uuid
 from collections.abc import Iterable, Sequence
@@ -18,12 +19,13 @@ import requests
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from webhook import signatures
+from webhook import genesys_client, signatures
 from webhook.app_state import AppState, get_state
 from webhook.config import Settings, secret_variable
 from webhook.errors import ConfigError, GenesysError, StoreError
-from webhook.events import FieldMap, lookup
-from webhook.processing import REPLAYABLE, Outcome
+from webhook.events import FieldMap, lookup, parse_time
+from webhook.genesys import explain
+from webhook.processing import REPLAYABLE
 from webhook.store import STATES, EventRecord, NewEvent, Store
 
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -37,8 +39,6 @@ def parse_since(value: str | None, now: datetime) -> datetime | None:
     match = DURATION_RE.match(value.strip())
     if match:
         return now - timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
-    from webhook.events import parse_time
-
     try:
         return parse_time(value)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -293,12 +293,181 @@ def rules_check(status: str | None, previous: str | None, source: str) -> None:
                    + f" (source {source}): {decision.action} ({decision.detail})")
 
 
+# ---------------------------------------------------------------- replay
+
+
+@click.command("replay")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--state", type=click.Choice(REPLAYABLE), help="Replay the events in this state.")
+@click.option("--source", help="Only events of this source.")
+@click.option("--since", help="Only events received since: a duration (1h, 30d) or an ISO-8601 time.")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False),
+              help="JSON Lines from `events export`; events not in the database are imported first.")
+@click.option("--dry-run", is_flag=True, help="Show what would happen; change nothing, call nothing.")
+@click.option("--force", is_flag=True, help="Skip the age and ordering guards (act on old events).")
+@with_appcontext
+def replay_command(ids: tuple[int, ...], state: str | None, source: str | None, since: str | None,
+                   file: str | None, dry_run: bool, force: bool) -> None:
+    """Run saved events through the same processing again and print a table of outcomes."""
+    app = get_state()
+    if not (ids or state or source or since or file):
+        raise click.UsageError("name the events: IDs, --state, --source, --since or --file")
+    targets, problems = _replay_targets(app, ids, state, source, since, file, dry_run)
+    outcomes = [app.processor.preview(pk, force=force) if dry_run
+                else app.processor.process(pk, states=REPLAYABLE, force=force) for pk in targets]
+    click.echo(table(["event", "action", "old state", "new state", "detail"],
+                     [(o.event, o.action, o.old_state, o.new_state, o.detail) for o in outcomes]
+                     + [(where, None, "-", "unreadable", why) for where, why in problems], {4: 100}))
+    bad = [o for o in outcomes if o.new_state in ("failed", "invalid", "missing")]
+    click.echo(f"{len(outcomes)} replayed{' (dry run)' if dry_run else ''}, {len(bad)} failed, "
+               f"{len(problems)} unreadable line(s)")
+    if bad or problems:
+        sys.exit(1)
+
+
+def _replay_targets(app: AppState, ids: tuple[int, ...], state: str | None, source: str | None,
+                    since: str | None, file: str | None, dry_run: bool) -> tuple[list[int], list[tuple[str, str]]]:
+    problems: list[tuple[str, str]] = []
+    if file:
+        lines, problems = read_export(Path(file))
+        targets = [_import(app.store, line, dry_run) for line in lines]
+        return [t for t in targets if t is not None], problems
+    records = app.store.list(state=state, source=source, since=parse_since(since, app.clock()), limit=None,
+                             ids=list(ids) or None)
+    found = {r.id for r in records}
+    problems = [(f"id {pk}", "no such event") for pk in ids if pk not in found]
+    return sorted(found), problems
+
+
+def read_export(path: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Read `events export` JSON Lines; return the usable lines and (line, reason) for each unusable one."""
+    good: list[dict[str, Any]] = []
+    bad: list[tuple[str, str]] = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                good.append(_export_line(raw))
+            except ValueError as exc:
+                bad.append((f"line {number}", str(exc)))
+    return good, bad
+
+
+def _export_line(raw: bytes) -> dict[str, Any]:
+    try:
+        line = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError("not a JSON object in UTF-8") from exc
+    if not isinstance(line, dict):
+        raise ValueError("not a JSON object")
+    for key in ("source", "event_id"):
+        if not isinstance(line.get(key), str) or not line[key]:
+            raise ValueError(f"{key} is missing or not a string")
+    if isinstance(line.get("raw_body_base64"), str):
+        try:
+            line["body"] = base64.b64decode(line["raw_body_base64"], validate=True)
+        except ValueError as exc:
+            raise ValueError("raw_body_base64 is not base64") from exc
+    elif isinstance(line.get("raw_body"), str):
+        line["body"] = line["raw_body"].encode("utf-8", "surrogatepass")
+    else:
+        raise ValueError("raw_body_base64 (or raw_body) is missing")
+    for key in ("received_at", "signed_at"):
+        try:
+            line[key] = parse_time(line[key]) if line.get(key) else None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"{key} is not a time") from exc
+    return line
+
+
+def _import(store: Store, line: dict[str, Any], dry_run: bool) -> int | None:
+    """Return the id of an exported event, inserting it (to be parsed on replay) when the database lacks it."""
+    existing = store.find(line["source"], line["event_id"])
+    if existing is not None or dry_run:
+        return existing.id if existing else None
+    headers = line.get("headers") if isinstance(line.get("headers"), dict) else {}
+    message_id = line.get("message_id") if isinstance(line.get("message_id"), str) else None
+    [saved] = store.save([NewEvent(
+        source=line["source"], event_id=line["event_id"], state="received", detail="imported by replay --file",
+        received_at=line["received_at"] or get_state().clock(), raw_body=line["body"],
+        headers={str(k): str(v) for k, v in headers.items()}, signed_at=line["signed_at"], message_id=message_id)])
+    return saved.id
+
+
+# ---------------------------------------------------------------- agent, genesys
+
+
+agent_cli = AppGroup("agent", help="Mute or unmute an agent by hand.")
+
+
+@agent_cli.command("mute")
+@click.argument("agent")
+@click.option("--conversation", help="The Genesys conversation id, when you know it (skips the search).")
+def agent_mute(agent: str, conversation: str | None) -> None:
+    """Find AGENT's live voice call (AGENT = e-mail or Genesys user id) and mute their microphone."""
+    _set_agent(agent, True, conversation)
+
+
+@agent_cli.command("unmute")
+@click.argument("agent")
+@click.option("--conversation", help="The Genesys conversation id, when you know it (skips the search).")
+def agent_unmute(agent: str, conversation: str | None) -> None:
+    """Find AGENT's live voice call and unmute their microphone."""
+    _set_agent(agent, False, conversation)
+
+
+def _set_agent(agent: str, muted: bool, conversation: str | None) -> None:
+    app = get_state()
+    verb = "mute" if muted else "unmute"
+    if app.genesys is None:
+        click.echo(f"dry run (GENESYS_DRY_RUN=true): would {verb} {agent}; set GENESYS_DRY_RUN=false and the "
+                   "GENESYS_* credentials to act")
+        return
+    deadline = time.monotonic() + app.settings.retry_budget_seconds
+    try:
+        target = app.genesys.find_target(agent, conversation_id=conversation, deadline=deadline)
+        if target is None:
+            raise click.ClickException(f"{agent} is not on a live voice call; nothing to {verb}")
+        app.genesys.set_muted(target, muted, deadline=deadline)
+    except GenesysError as exc:
+        raise click.ClickException(explain(exc)) from exc
+    click.echo(f"{verb}d {agent}: user {target.user_id}, call {target.conversation_id}, "
+               f"participant {target.participant_id}")
+
+
+genesys_cli = AppGroup("genesys", help="Genesys Cloud connection.")
+
+
+@genesys_cli.command("check")
+def genesys_check() -> None:
+    """Check the token, region and org, and the permissions this service needs; explain the participant rule."""
+    app = get_state()
+    client = app.genesys
+    if client is None:
+        cfg = app.settings.genesys
+        if not (cfg.client_id and cfg.client_secret and (cfg.region or cfg.api_url)):
+            raise click.ClickException("no Genesys credentials: set GENESYS_REGION, GENESYS_CLIENT_ID and "
+                                       "GENESYS_CLIENT_SECRET (GENESYS_DRY_RUN may stay true while you check)")
+        client = genesys_client(app.settings)
+    api_url, _ = app.settings.genesys.hosts()
+    click.echo(f"Genesys API {api_url}")
+    results = client.check(deadline=time.monotonic() + app.settings.retry_budget_seconds)
+    for result in results:
+        click.echo(f"{'ok  ' if result.ok else 'FAIL'} {result.name}: {result.detail}")
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
 def init_app(app: Flask) -> None:
     """Register every command on the app."""
     app.cli.add_command(init_command)
     app.cli.add_command(send_command)
     app.cli.add_command(events_cli)
     app.cli.add_command(rules_cli)
+    app.cli.add_command(replay_command)
+    app.cli.add_command(agent_cli)
+    app.cli.add_command(genesys_cli)
 
 
 def setup_app(problem: ConfigError) -> Flask:
