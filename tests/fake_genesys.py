@@ -173,7 +173,8 @@ class FakeGenesys:
         """Create a user and return its id."""
         user_id = str(uuid.uuid4())
         with self._lock:
-            self.users[user_id] = {"id": user_id, "email": email, "name": name or email.split("@")[0].title()}
+            display = name or email.split("@", maxsplit=1)[0].title()
+            self.users[user_id] = {"id": user_id, "email": email, "name": display}
         return user_id
 
     def start_call(self, user_id: str, *, customer: bool = True, transferred: bool = False,

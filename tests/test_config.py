@@ -71,7 +71,8 @@ max_event_age_seconds = 60
     found = "\n".join(problems(tmp_path, toml, env))
     path = str(tmp_path / "webhook.toml")
     for expected in [
-        f"{path}: sources.zendesk.scheme: unknown scheme 'zendsk'; use one of hmac-sha256, hubspot-v3, standard, zendesk",
+        f"{path}: sources.zendesk.scheme: unknown scheme 'zendsk'; use one of hmac-sha256, hubspot-v3, standard, "
+        "zendesk",
         f"{path}: sources.crm.mapping: mapping lacks agent",
         f"{path}: sources.crm.tolerance: unknown key",
         f"{path}: rules[1]: action is None; it must be one of mute, unmute, none",

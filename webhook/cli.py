@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import sys
@@ -115,10 +116,11 @@ def fresh_env(example: str, schemes: dict[str, str]) -> str:
     """Fill .env.example's empty webhook secrets with fresh ones in each scheme's form; dry-run Genesys."""
     wanted = {secret_variable(name): scheme for name, scheme in schemes.items()}
     lines = []
-    for line in example.splitlines():
-        name, sep, value = line.partition("=")
+    for original in example.splitlines():
+        name, sep, value = original.partition("=")
         name = name.strip()
-        if sep and not line.lstrip().startswith("#"):
+        line = original
+        if sep and not original.lstrip().startswith("#"):
             if name in wanted and not value.strip():
                 line = f"{name}={signatures.generate_secret(wanted.pop(name) or 'hmac-sha256')}"
             elif name == "GENESYS_DRY_RUN":
@@ -261,10 +263,8 @@ def export_line(record: EventRecord) -> dict[str, Any]:
     line = record.summary() | {"headers": dict(record.headers), "message_id": record.message_id,
                                "signed_at": record.signed_at.isoformat() if record.signed_at else None,
                                "raw_body_base64": base64.b64encode(record.raw_body).decode()}
-    try:
+    with contextlib.suppress(UnicodeDecodeError):
         line["raw_body"] = record.raw_body.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
     return line
 
 
@@ -317,7 +317,7 @@ def replay_command(ids: tuple[int, ...], state: str | None, source: str | None, 
                 else app.processor.process(pk, states=REPLAYABLE, force=force) for pk in targets]
     click.echo(table(["event", "action", "old state", "new state", "detail"],
                      [(o.event, o.action, o.old_state, o.new_state, o.detail) for o in outcomes]
-                     + [(where, None, "-", "unreadable", why) for where, why in problems], {4: 100}))
+                     + [(where, None, "-", "unreadable", why) for where, why in problems]))
     bad = [o for o in outcomes if o.new_state in ("failed", "invalid", "missing")]
     click.echo(f"{len(outcomes)} replayed{' (dry run)' if dry_run else ''}, {len(bad)} failed, "
                f"{len(problems)} unreadable line(s)")
@@ -386,7 +386,7 @@ def _import(store: Store, line: dict[str, Any], dry_run: bool) -> int | None:
     existing = store.find(line["source"], line["event_id"])
     if existing is not None or dry_run:
         return existing.id if existing else None
-    headers = line.get("headers") if isinstance(line.get("headers"), dict) else {}
+    headers = line["headers"] if isinstance(line.get("headers"), dict) else {}
     message_id = line.get("message_id") if isinstance(line.get("message_id"), str) else None
     [saved] = store.save([NewEvent(
         source=line["source"], event_id=line["event_id"], state="received", detail="imported by replay --file",

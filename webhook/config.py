@@ -75,7 +75,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, config_path: str | None = None) -> Settings:
-        """Read the environment (and .env when environ is not given) and the TOML file; ConfigError lists every problem."""
+        """Read the environment (.env too when environ is not given) and the TOML file; ConfigError lists all problems."""
         if environ is None:
             from dotenv import load_dotenv
 
@@ -159,7 +159,8 @@ class _Loader:
 
     def number(self, table: Mapping[str, Any], key: str, default: Any, kind: type, low: float) -> Any:
         value = table.get(key.rsplit(".", 1)[-1], default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        wrong_kind = kind is int and not isinstance(value, int)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or wrong_kind:
             self.problem(key, f"must be a{'n integer' if kind is int else ' number'}, got {value!r}")
             return default
         if value < low:
@@ -203,7 +204,7 @@ class _Loader:
         secrets = self.secrets(name)
         if not ok or not secrets:
             return None
-        return Source(name, scheme, mapping, secrets, tolerance, header)
+        return Source(name, str(scheme), mapping, secrets, tolerance, header)
 
     def secrets(self, source: str) -> tuple[str, ...]:
         variable = secret_variable(source)

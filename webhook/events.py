@@ -67,7 +67,7 @@ class FieldMap:
 
 
 REQUIRED_FIELDS = ("ticket_id", "status", "agent")
-MAPPING_FIELDS = REQUIRED_FIELDS + ("event_id", "occurred_at", "previous_status", "conversation_id")
+MAPPING_FIELDS = (*REQUIRED_FIELDS, "event_id", "occurred_at", "previous_status", "conversation_id")
 
 PRESETS: dict[str, FieldMap] = {
     "generic": FieldMap(
@@ -110,7 +110,10 @@ def field_map(spec: str | Mapping[str, Any]) -> FieldMap:
         if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
             raise ValueError(f"mapping key {name} must be a dotted path or a list of them")
         paths[name] = tuple(values)
-    return FieldMap(**paths)
+    return FieldMap(
+        ticket_id=paths["ticket_id"], status=paths["status"], agent=paths["agent"],
+        event_id=paths.get("event_id", ()), occurred_at=paths.get("occurred_at", ()),
+        previous_status=paths.get("previous_status", ()), conversation_id=paths.get("conversation_id", ()))
 
 
 def parse(

@@ -466,7 +466,7 @@ class GenesysClient:
                 self._probe("analytics", "analytics:conversationDetail:view", lambda: self._call(
                     "POST", ANALYTICS_PATH, deadline=deadline, body=analytics_body(PROBE_USER_ID, self._wallclock()))),
             ]
-        return results + [CheckResult("participant rule", True, PARTICIPANT_RULE_NOTE)]
+        return [*results, CheckResult("participant rule", True, PARTICIPANT_RULE_NOTE)]
 
     # -- lookups --
 

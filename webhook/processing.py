@@ -121,7 +121,8 @@ class Processor:
         if plan.state is not None:
             return plan.action, plan.state, plan.detail, fields
         if self.genesys is None or self.settings.genesys.dry_run:
-            return plan.action, "dry_run", f"would {plan.detail}; dry run (GENESYS_DRY_RUN=true): no request made", fields
+            detail = f"would {plan.detail}; dry run (GENESYS_DRY_RUN=true): no request made"
+            return plan.action, "dry_run", detail, fields
         state, detail = self._act(record.id, event, plan, now, force)
         return plan.action, state, detail, fields
 
@@ -144,7 +145,7 @@ class Processor:
 
     @staticmethod
     def _reparsed_fields(record: EventRecord, event: TicketEvent) -> dict[str, object]:
-        if record.state != "invalid":
+        if not _needs_parse(record):
             return {}
         return {"ticket_id": event.ticket_id, "status": event.status, "previous_status": event.previous_status,
                 "agent": event.agent, "conversation_id": event.conversation_id, "occurred_at": event.occurred_at}
@@ -202,6 +203,11 @@ class Processor:
                 code=attempt.code, correlation_id=attempt.correlation_id, duration_ms=attempt.duration_ms,
                 error=attempt.error)
         return record
+
+
+def _needs_parse(record: EventRecord) -> bool:
+    """Tell whether a row must be parsed from its raw body: stored invalid, or imported by `replay --file`."""
+    return record.state == "invalid" or record.ticket_id is None or record.occurred_at is None
 
 
 def _applied_detail(plan: Plan, target: Target) -> str:

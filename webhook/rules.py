@@ -25,7 +25,7 @@ class Rule:
 
     def matches(self, source: str, status: str, previous: str | None) -> bool:
         """Tell whether this rule applies to an event with these fields (statuses compared case-insensitively)."""
-        if self.source != "*" and self.source != source:
+        if self.source not in ("*", source):
             return False
         if "*" not in self.status and status.lower() not in self.status:
             return False

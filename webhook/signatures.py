@@ -28,11 +28,20 @@ import hmac
 import math
 import re
 import secrets as _random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from datetime import UTC, datetime, timedelta
 
 from webhook.errors import SignatureError
+
+
+class Headers(Protocol):
+    """What verify() needs of request headers: a plain dict and werkzeug's Headers both fit."""
+
+    def get(self, key: str, /) -> str | None: ...
+    def keys(self) -> Iterable[str]: ...
+    def __getitem__(self, key: str, /) -> str: ...
 
 SCHEMES: frozenset[str] = frozenset({"standard", "zendesk", "hubspot-v3", "hmac-sha256"})
 DEFAULT_HMAC_HEADER = "X-Hub-Signature-256"
@@ -65,7 +74,7 @@ def verify(
     scheme: str,
     *,
     body: bytes,
-    headers: Mapping[str, str],
+    headers: Headers,
     secrets: Sequence[str],
     now: datetime,
     tolerance: float = 300,
@@ -128,7 +137,7 @@ def generate_secret(scheme: str) -> str:
 @dataclass(frozen=True)
 class _Request:
     body: bytes
-    headers: Mapping[str, str]
+    headers: Headers
     secrets: tuple[str, ...]
     now: datetime
     tolerance: float

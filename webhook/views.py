@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -75,14 +76,13 @@ def answer(saved: list[Any], invalid: list[InvalidItem]) -> tuple[Response, int]
 
 def new_event(item: TicketEvent | InvalidItem, body: bytes, headers: dict[str, str], envelope: Envelope) -> NewEvent:
     """Turn a parsed item into the row that intake stores."""
-    common = {"source": item.source, "event_id": item.event_id, "received_at": envelope.received_at,
-              "raw_body": body, "headers": headers, "signed_at": envelope.signed_at,
-              "message_id": envelope.message_id}
+    row = NewEvent(source=item.source, event_id=item.event_id, state="received", detail="",
+                   received_at=envelope.received_at, raw_body=body, headers=headers, signed_at=envelope.signed_at,
+                   message_id=envelope.message_id)
     if isinstance(item, InvalidItem):
-        return NewEvent(state="invalid", detail=item.reason, **common)  # type: ignore[arg-type]
-    return NewEvent(state="received", detail="", ticket_id=item.ticket_id, status=item.status,  # type: ignore[arg-type]
-                    previous_status=item.previous_status, agent=item.agent,
-                    conversation_id=item.conversation_id, occurred_at=item.occurred_at, **common)
+        return replace(row, state="invalid", detail=item.reason)
+    return replace(row, ticket_id=item.ticket_id, status=item.status, previous_status=item.previous_status,
+                   agent=item.agent, conversation_id=item.conversation_id, occurred_at=item.occurred_at)
 
 
 def stored_headers(items: Any, signature_header: str) -> dict[str, str]:
