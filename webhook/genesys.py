@@ -651,7 +651,7 @@ PARTICIPANT_RULE_CODES: frozenset[str] = frozenset({
 })
 
 _USER_TOKEN_REMEDY = ("give the service a user-context token per agent (authorization-code grant with a refresh "
-                      "token) instead of client credentials; see DESIGN.md section 6")
+                      "token) instead of client credentials (README: \"The participant rule\")")
 _RULE_FACT = ("Genesys lets only a direct participant of a call change it (mute, hold, transfer), and a "
               "client-credentials token has no user")
 _PARTICIPANT_RULE = f"{_RULE_FACT}, so this org refuses the mute from the service"
