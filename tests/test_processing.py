@@ -206,3 +206,11 @@ def test_age_verdict(age: float, limit: float, verdict: str | None) -> None:
 def test_budget_deadline(age: float, budget: float, force: bool, deadline: float) -> None:
     assert budget_deadline(100.0, budget=budget, occurred_at=T0 - timedelta(seconds=age), now=T0, max_age=120,
                            force=force) == deadline
+
+
+def test_ordering_is_per_agent_whatever_the_case_of_the_e_mail(store: Store) -> None:
+    proc = processor(store, Clock(T0 + timedelta(seconds=5)), StubGenesys(TARGET))
+    proc.process(save(store, event_id="new", occurred=T0 + timedelta(seconds=2)))
+    older = proc.process(save(store, event_id="old", agent=JANE.upper(), status="open",
+                              previous="payment_in_progress", occurred=T0))
+    assert older.new_state == "skipped"

@@ -167,9 +167,10 @@ class Processor:
         return Plan(decision.action, None, target)
 
     def _in_order(self, event: TicketEvent, event_pk: int, now: datetime, write: bool) -> bool:
+        agent = event.agent.lower()  # e-mails and UUIDs are case-insensitive: one slot per agent
         if write:
-            return self.store.advance_agent(event.agent, occurred_at=event.occurred_at, event_pk=event_pk, now=now)
-        slot = self.store.agent_slot(event.agent)
+            return self.store.advance_agent(agent, occurred_at=event.occurred_at, event_pk=event_pk, now=now)
+        slot = self.store.agent_slot(agent)
         return slot is None or slot <= (event.occurred_at, event_pk)
 
     def _act(self, event_pk: int, event: TicketEvent, plan: Plan, now: datetime, force: bool) -> tuple[str, str]:
