@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+from datetime import UTC, datetime
 from typing import Any
+
+from gunicorn.glogging import Logger
+
+os.environ.setdefault("LOG_FORMAT", "json")  # production: one JSON object per line on stdout
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -29,3 +35,30 @@ def worker_exit(server: Any, worker: Any) -> None:
     state = getattr(app, "extensions", {}).get("webhook") if app is not None else None
     if state is not None:
         state.shutdown()
+
+
+class JsonAccessLogger(Logger):  # type: ignore[misc]
+    """Gunicorn's logger with the access log as one JSON object a line (path without its query string)."""
+
+    def setup(self, cfg: Any) -> None:
+        """Set up gunicorn's handlers, then make its error log JSON like the service's own lines."""
+        super().setup(cfg)
+        from webhook.logs import JsonFormatter
+
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JsonFormatter())
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        """Write one access line: time, method, path, status, duration and the request id."""
+        if not self.cfg.accesslog:
+            return
+        request_id = next((v for k, v in resp.headers if k.lower() == "x-request-id"), None)
+        self.access_log.info(json.dumps({
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": "info",
+            "logger": "gunicorn.access", "message": f"{req.method} {req.path}", "status": resp.status_code,
+            "duration_ms": round(request_time.total_seconds() * 1000, 1), "request_id": request_id,
+        }))
+
+
+if os.environ["LOG_FORMAT"] == "json":
+    logger_class = JsonAccessLogger

@@ -28,7 +28,7 @@ def create_app(
     background: bool = True,
 ) -> Flask:
     """Build the app: settings from the environment unless given; store, Genesys client, worker, views, commands."""
-    from webhook import cli, views
+    from webhook import cli, logs, views
     from webhook.app_state import AppState
     from webhook.genesys import GenesysClient
     from webhook.processing import Processor
@@ -36,6 +36,7 @@ def create_app(
     from webhook.worker import Sweeper, Worker
 
     settings = settings or Settings.from_env()
+    logs.configure(settings.log_format, settings.log_level)
     app = Flask(__name__, instance_relative_config=False)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -51,6 +52,7 @@ def create_app(
                       stale_after=settings.stale_claim_seconds, clock=clock)
     state = AppState(settings, store, client, processor, worker, sweeper, clock, background=background)
     app.extensions["webhook"] = state
+    logs.init_app(app)
     views.init_app(app)
     cli.init_app(app)
 

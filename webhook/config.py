@@ -72,6 +72,8 @@ class Settings:
     sweep_interval_seconds: float = 10.0
     stale_claim_seconds: float = 60.0
     config_path: str = DEFAULT_CONFIG
+    log_format: str = "plain"
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, config_path: str | None = None) -> Settings:
@@ -131,10 +133,19 @@ class _Loader:
             **{name: self.number(processing, f"processing.{name}", default, kind, low)
                for name, (default, kind, low) in PROCESSING_KEYS.items()},
             config_path=self.path,
+            log_format=self.choice("LOG_FORMAT", ("plain", "json"), "plain"),
+            log_level=self.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         )
         if self.problems:
             raise ConfigError(self.problems)
         return settings
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
+        value = self.env.get(name, "").strip() or default
+        if value.lower() in (a.lower() for a in allowed):
+            return next(a for a in allowed if a.lower() == value.lower())
+        self.env_problem(name, f"{value!r} is not one of {', '.join(allowed)}")
+        return default
 
     def read_toml(self) -> dict[str, Any]:
         try:

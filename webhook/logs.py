@@ -1,0 +1,88 @@
+"""Logging: one JSON object per line in production, plain lines in development; ids and states, never secrets."""
+
+from __future__ import annotations
+
+import json
+import re
+import logging
+import sys
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, g, has_request_context, request
+
+# Extra fields a log call may carry (logger.info(..., extra={"event": 12, "state": "applied"})).
+FIELDS = ("request_id", "source", "event", "state", "correlation_id", "status")
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")  # what routers send; anything else is replaced
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object: time, level, logger, message and the known extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the record as a single JSON line."""
+        doc: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                doc[name] = value
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+class PlainFormatter(logging.Formatter):
+    """Formats a record as a readable line with the known extra fields appended as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the record as one line (plus a traceback when there is one)."""
+        extras = " ".join(f"{n}={getattr(record, n)}" for n in FIELDS if getattr(record, n, None) is not None)
+        line = super().format(record)
+        return f"{line} [{extras}]" if extras else line
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current request's id to records logged while a request is being handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Attach request_id when inside a request; never drop a record."""
+        if getattr(record, "request_id", None) is None and has_request_context():
+            record.request_id = g.get("request_id")
+        return True
+
+
+def configure(fmt: str, level: str = "INFO") -> None:
+    """Send the service's logs to stdout in the given format ("json" or "plain"), once per process."""
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, "_webhook", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stdout)
+        handler._webhook = True  # type: ignore[attr-defined]
+        handler.addFilter(RequestIdFilter())
+        root.addHandler(handler)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
+    root.setLevel(level.upper())
+
+
+def init_app(app: Flask) -> None:
+    """Give every request an id: the router's X-Request-Id when it sets one, else a fresh one; echo it back."""
+
+    @app.before_request
+    def _request_id() -> None:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = given if REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+
+    @app.after_request
+    def _echo(response: Any) -> Any:
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        return response
