@@ -185,3 +185,22 @@ def test_replay_file_imports_missing_events_and_reports_bad_lines(runner: FlaskC
         assert reason in result.output
     [record] = state.store.list()
     assert (record.event_id, record.state, record.agent) == ("evt_a", "dry_run", "a@ex.com")
+
+
+def test_events_purge_deletes_old_events_with_their_attempts(runner: FlaskCliRunner, signed_post: SignedPost,
+                                                             store: Store, clock: Clock) -> None:
+    for n in range(5):
+        signed_post("inhouse", generic(f"old_{n}"))
+    store.add_attempt(1, at=clock(), method="GET", path="/x", status=200, code=None, correlation_id=None,
+                      duration_ms=1.0, error=None)
+    clock.advance(31 * 86400)
+    signed_post("inhouse", generic("new"))
+    result = runner.invoke(args=["events", "purge", "--batch", "2"])
+    assert result.exit_code == 0 and result.output.startswith("deleted 5 event(s) received before 2026-11-24")
+    assert [r.event_id for r in store.list()] == ["new"]
+    assert store.attempts(1) == []
+    assert "deleted 0 event(s)" in runner.invoke(args=["events", "purge", "--older-than", "30d"]).output
+    clock.advance(1)
+    assert "deleted 1 event(s)" in runner.invoke(args=["events", "purge", "--older-than", "0s"]).output
+    bad = runner.invoke(args=["events", "purge", "--older-than", "soon"])
+    assert bad.exit_code == 2 and "is not a duration such as 30d" in bad.output

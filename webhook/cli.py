@@ -19,11 +19,12 @@ import click
 import requests
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
+from sqlalchemy.exc import SQLAlchemyError
 
 from webhook import genesys_client, signatures
 from webhook.app_state import AppState, get_state
 from webhook.config import Settings, secret_variable
-from webhook.errors import ConfigError, GenesysError, StoreError
+from webhook.errors import ConfigError, GenesysError
 from webhook.events import FieldMap, lookup, parse_time
 from webhook.genesys import explain
 from webhook.processing import REPLAYABLE
@@ -90,14 +91,7 @@ def init_command(env_file: str, example: str) -> None:
         settings = Settings.from_env()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    store = Store.from_url(settings.database_url)
-    try:
-        store.create_schema()
-    except StoreError as exc:
-        raise click.ClickException(f"{exc}; check DATABASE_URL") from exc
-    finally:
-        store.close()
-    click.echo(f"database ready ({settings.database_url.split('@')[-1]})")
+    upgrade_database(settings.database_url)
 
 
 def _schemes() -> dict[str, str]:
@@ -266,6 +260,62 @@ def export_line(record: EventRecord) -> dict[str, Any]:
     with contextlib.suppress(UnicodeDecodeError):
         line["raw_body"] = record.raw_body.decode("utf-8")
     return line
+
+
+@events_cli.command("purge")
+@click.option("--older-than", "older_than", help="A duration such as 30d or 12h; default [retention] keep_days.")
+@click.option("--batch", default=1000, show_default=True, help="Rows deleted per transaction.")
+def events_purge(older_than: str | None, batch: int) -> None:
+    """Delete events received before the cut-off, with their Genesys attempts, in batches."""
+    app = get_state()
+    now = app.clock()
+    spec = older_than or f"{app.settings.keep_days:g}d"
+    if not DURATION_RE.match(spec.strip()):
+        raise click.BadParameter(f"{spec!r} is not a duration such as 30d, 12h or 2w", param_hint="--older-than")
+    cutoff = parse_since(spec, now)
+    assert cutoff is not None
+    deleted = app.store.purge(before=cutoff, batch=batch)
+    click.echo(f"deleted {deleted} event(s) received before {cutoff.isoformat(timespec='seconds')}")
+
+
+# ---------------------------------------------------------------- db
+
+
+db_cli = AppGroup("db", help="The database schema.")
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema to the latest version (idempotent; the Procfile's release step)."""
+    import os
+
+    from flask import current_app
+
+    from webhook.config import DEFAULT_DATABASE_URL, database_url
+
+    state: AppState | None = current_app.extensions.get("webhook")
+    url = state.settings.database_url if state else database_url(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
+    upgrade_database(url)
+
+
+def upgrade_database(url: str) -> None:
+    """Apply the pending migrations to the database at url and say what was done."""
+    from webhook.migrations import MIGRATIONS, upgrade
+
+    store = Store.from_url(url)
+    try:
+        with store.engine.begin() as conn:
+            applied = upgrade(conn)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"cannot migrate the database: {type(exc).__name__}; check DATABASE_URL") from exc
+    finally:
+        store.close()
+    latest = MIGRATIONS[-1].version
+    if applied:
+        steps = ", ".join(f"{m.version} ({m.description})" for m in applied)
+        click.echo(f"database at version {latest}; applied: {steps}")
+    else:
+        click.echo(f"database already at version {latest}; nothing to do")
 
 
 # ---------------------------------------------------------------- rules
@@ -468,12 +518,14 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(replay_command)
     app.cli.add_command(agent_cli)
     app.cli.add_command(genesys_cli)
+    app.cli.add_command(db_cli)
 
 
 def setup_app(problem: ConfigError) -> Flask:
     """An app for a broken configuration: only `init` runs, and every request is answered 503 with the problems."""
     app = Flask(__name__)
     app.cli.add_command(init_command)
+    app.cli.add_command(db_cli)
 
     @app.route("/", defaults={"path": ""})
     @app.route("/<path:path>", methods=["GET", "POST"])

@@ -20,7 +20,7 @@ DEFAULT_CONFIG = "config/webhook.toml"
 DEFAULT_DATABASE_URL = "sqlite:///instance/webhook.db"
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
-TOP_KEYS = ("sources", "rules", "agents", "intake", "processing")
+TOP_KEYS = ("sources", "rules", "agents", "intake", "processing", "retention")
 SOURCE_KEYS = ("scheme", "mapping", "tolerance_seconds", "header")
 SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -72,6 +72,7 @@ class Settings:
     sweep_interval_seconds: float = 10.0
     stale_claim_seconds: float = 60.0
     config_path: str = DEFAULT_CONFIG
+    keep_days: float = 30.0
     log_format: str = "plain"
     log_level: str = "INFO"
 
@@ -122,6 +123,7 @@ class _Loader:
             self.problem(key, f"unknown section; the file has {', '.join(TOP_KEYS)}")
         intake = self.table(doc, "intake", ("max_body_bytes", "trusted_proxies"))
         processing = self.table(doc, "processing", PROCESSING_KEYS)
+        retention = self.table(doc, "retention", ("keep_days",))
         settings = Settings(
             sources=self.sources(doc.get("sources", {})),
             rules=self.rules(doc.get("rules", [])),
@@ -132,6 +134,7 @@ class _Loader:
             trusted_proxies=self.number(intake, "intake.trusted_proxies", 1, int, 0),
             **{name: self.number(processing, f"processing.{name}", default, kind, low)
                for name, (default, kind, low) in PROCESSING_KEYS.items()},
+            keep_days=self.number(retention, "retention.keep_days", 30.0, float, 1),
             config_path=self.path,
             log_format=self.choice("LOG_FORMAT", ("plain", "json"), "plain"),
             log_level=self.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),

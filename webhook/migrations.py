@@ -1,0 +1,77 @@
+"""Versioned schema changes, applied in order by `flask --app wsgi db upgrade` (the Procfile's release step).
+
+Why not Alembic: the schema is three tables of SQLAlchemy Core, and each change must run on SQLite and PostgreSQL;
+numbered Python steps written with Core DDL do that in a page, reviewed like any other code, with no second
+configuration to keep in step. An empty database is created from the current table definitions and stamped with
+the latest version (as `alembic stamp head` would); an existing one gets the steps it lacks, each in the same
+transaction as its version row, under a lock so that two release processes cannot both apply a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, inspect, select, text
+from sqlalchemy.engine import Connection
+
+from webhook.store import metadata as store_metadata
+
+versions_metadata = MetaData()
+schema_versions = Table(
+    "schema_versions",
+    versions_metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("description", String(200), nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+LOCK_ID = 0x6D757465  # pg_advisory_xact_lock key of this service's migrations ("mute")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered schema change."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _baseline(conn: Connection) -> None:
+    """Version 1: events, attempts and agent_state as the store first defined them."""
+    store_metadata.create_all(conn)
+
+
+# Append new steps here (never edit an applied one); change webhook/store.py's tables in the same commit.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "events, attempts and per-agent ordering state", _baseline),
+)
+
+
+def current_version(conn: Connection) -> int:
+    """Return the newest applied version, 0 when the database has never been migrated."""
+    if not inspect(conn).has_table("schema_versions"):
+        return 0
+    return int(conn.execute(select(schema_versions.c.version).order_by(schema_versions.c.version.desc())
+                            .limit(1)).scalar() or 0)
+
+
+def upgrade(conn: Connection, *, now: datetime | None = None) -> list[Migration]:
+    """Bring the schema to the latest version inside the caller's transaction; return the steps applied."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_ID})
+    versions_metadata.create_all(conn)
+    stamp = now or datetime.now(UTC)
+    done = current_version(conn)
+    if done == 0 and not inspect(conn).has_table("events"):
+        store_metadata.create_all(conn)  # a new database: today's tables, stamped with every version
+        pending, run = list(MIGRATIONS), False
+    else:
+        pending, run = [m for m in MIGRATIONS if m.version > done], True
+    for step in pending:
+        if run:
+            step.apply(conn)
+        conn.execute(schema_versions.insert().values(version=step.version, description=step.description,
+                                                     applied_at=stamp))
+    return pending
