@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from gunicorn.glogging import Logger
 
 os.environ.setdefault("LOG_FORMAT", "json")  # production: one JSON object per line on stdout
+# /metrics adds up every worker's counters through files in this folder (prometheus_client's multiprocess mode).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="webhook-metrics-"))
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -21,6 +25,19 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 preload_app = False  # each worker builds its own app, store pool and background threads after the fork
+
+
+def on_starting(server: Any) -> None:
+    """Start every master with empty metrics files (counts of a previous run would be added in)."""
+    for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges (its counters stay in the totals)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker: Any) -> None:

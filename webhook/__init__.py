@@ -31,6 +31,7 @@ def create_app(
     from webhook import cli, logs, views
     from webhook.app_state import AppState
     from webhook.genesys import GenesysClient
+    from webhook.metrics import Metrics
     from webhook.processing import Processor
     from webhook.store import Store
     from webhook.worker import Sweeper, Worker
@@ -46,11 +47,12 @@ def create_app(
     store = Store.from_url(settings.database_url)
     client = genesys if genesys is not None else (None if settings.genesys.dry_run else genesys_client(settings))
     assert client is None or isinstance(client, GenesysClient)
-    processor = Processor(store, settings, client, clock=clock)
+    metrics = Metrics()
+    processor = Processor(store, settings, client, clock=clock, metrics=metrics)
     worker = Worker(processor, threads=settings.worker_threads, queue_size=settings.worker_queue_size)
     sweeper = Sweeper(store, worker, interval=settings.sweep_interval_seconds,
                       stale_after=settings.stale_claim_seconds, clock=clock)
-    state = AppState(settings, store, client, processor, worker, sweeper, clock, background=background)
+    state = AppState(settings, store, client, processor, worker, sweeper, clock, metrics, background=background)
     app.extensions["webhook"] = state
     logs.init_app(app)
     views.init_app(app)

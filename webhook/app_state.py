@@ -11,6 +11,7 @@ from flask import current_app
 
 from webhook.config import Settings
 from webhook.genesys import GenesysClient
+from webhook.metrics import Metrics
 from webhook.processing import Processor
 from webhook.store import Store
 from webhook.worker import Sweeper, Worker
@@ -27,6 +28,7 @@ class AppState:
     worker: Worker
     sweeper: Sweeper
     clock: Callable[[], datetime]
+    metrics: Metrics
     background: bool = True
     _started: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

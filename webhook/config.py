@@ -73,12 +73,13 @@ class Settings:
     stale_claim_seconds: float = 60.0
     config_path: str = DEFAULT_CONFIG
     keep_days: float = 30.0
+    metrics_token: str | None = field(default=None, repr=False)
     log_format: str = "plain"
     log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, config_path: str | None = None) -> Settings:
-        """Read the environment (.env too when environ is not given) and the TOML file; ConfigError lists all problems."""
+        """Read the environment (.env too, when environ is not given) and the TOML file; list every problem."""
         if environ is None:
             from dotenv import load_dotenv
 
@@ -134,6 +135,7 @@ class _Loader:
             trusted_proxies=self.number(intake, "intake.trusted_proxies", 1, int, 0),
             **{name: self.number(processing, f"processing.{name}", default, kind, low)
                for name, (default, kind, low) in PROCESSING_KEYS.items()},
+            metrics_token=self.env.get("METRICS_TOKEN", "").strip() or None,
             keep_days=self.number(retention, "retention.keep_days", 30.0, float, 1),
             config_path=self.path,
             log_format=self.choice("LOG_FORMAT", ("plain", "json"), "plain"),

@@ -12,7 +12,8 @@ from webhook import events as events_mod
 from webhook.config import Settings
 from webhook.errors import GenesysError, GenesysNotFoundError, StoreError
 from webhook.events import Envelope, InvalidItem, TicketEvent
-from webhook.genesys import Attempt, GenesysClient, Target, explain
+from webhook.genesys import PARTICIPANT_RULE_CODES, TOKEN_PATH, Attempt, GenesysClient, Target, explain
+from webhook.metrics import Metrics
 from webhook.rules import decide
 from webhook.store import EventRecord, Store
 
@@ -70,7 +71,9 @@ class Processor:
         *,
         clock: Callable[[], datetime],
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.settings = settings
         self.genesys = genesys
@@ -96,7 +99,11 @@ class Processor:
         except Exception:
             logger.exception("processing failed", extra={"event": event_pk})
             action, state, detail, fields = None, "failed", "internal error while processing; see the service log", {}
-        self.store.finish(event_pk, state=state, detail=detail, action=action, now=self.clock(), fields=fields)
+        finished = self.clock()
+        self.store.finish(event_pk, state=state, detail=detail, action=action, now=finished, fields=fields)
+        self.metrics.finished.labels(state).inc()
+        if before.state == "received":
+            self.metrics.latency.observe(max((finished - before.received_at).total_seconds(), 0.0))
         logger.info("event finished", extra={"event": event_pk, "source": before.source, "state": state})
         return Outcome(event_pk, action, before.state, state, detail)
 
@@ -189,8 +196,8 @@ class Processor:
                 try:
                     self.genesys.set_muted(target, muted, deadline=deadline, record=record)
                     return "applied", _applied_detail(plan, target)
-                except GenesysNotFoundError:
-                    if last_try or event.conversation_id:
+                except GenesysNotFoundError as exc:
+                    if last_try or event.conversation_id or exc.code in PARTICIPANT_RULE_CODES:
                         raise
                     # The cached call ended between lookup and PATCH; the client dropped it, so look once more.
         except GenesysError as exc:
@@ -199,6 +206,9 @@ class Processor:
 
     def _recorder(self, event_pk: int) -> Callable[[Attempt], None]:
         def record(attempt: Attempt) -> None:
+            self.metrics.genesys_requests.labels(str(attempt.status or "none")).inc()
+            if attempt.path == TOKEN_PATH:
+                self.metrics.token_fetches.inc()
             self.store.add_attempt(
                 event_pk, at=self.clock(), method=attempt.method, path=attempt.path, status=attempt.status,
                 code=attempt.code, correlation_id=attempt.correlation_id, duration_ms=attempt.duration_ms,

@@ -8,12 +8,14 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
 from webhook import signatures
 from webhook.app_state import get_state
 from webhook.errors import SignatureError, StoreError
 from webhook.events import Envelope, InvalidItem, TicketEvent, parse
+from webhook.metrics import authorized
 from webhook.store import NewEvent
 
 logger = logging.getLogger(__name__)
@@ -65,9 +67,12 @@ def answer(saved: list[Any], invalid: list[InvalidItem]) -> tuple[Response, int]
         "duplicates": [{"id": s.id, "source": s.source, "event_id": s.event_id} for s in saved if s.duplicate],
     }
     for s in saved:
+        if s.state != "invalid":
+            (get_state().metrics.duplicates if s.duplicate else get_state().metrics.received).labels(s.source).inc()
         logger.info("duplicate delivery" if s.duplicate else "event stored",
                     extra={"source": s.source, "event": s.id, "state": s.state})
     if invalid:
+        get_state().metrics.rejected.labels("invalid_event").inc()
         body.update(error="invalid_event", detail="; ".join(i.reason for i in invalid)[:2000],
                     invalid=[{"id": s.id, "event_id": s.event_id} for s in saved if s.state == "invalid"])
         return jsonify(body), 400
@@ -119,8 +124,29 @@ def readyz() -> tuple[Response, int]:
     return jsonify(status="ok", database="ok", genesys=mode), 200
 
 
+@bp.get("/metrics")
+def metrics() -> Response | tuple[Response, int]:
+    """Prometheus text format, for a bearer token from METRICS_TOKEN; disabled when it is unset."""
+    state = get_state()
+    token = state.settings.metrics_token
+    if token is None:
+        return error(404, "not_found", "metrics are disabled; set METRICS_TOKEN to enable /metrics")
+    if not authorized(request.headers.get("Authorization"), token):
+        response = error(401, "unauthorized", "send Authorization: Bearer <METRICS_TOKEN>")
+        response[0].headers["WWW-Authenticate"] = "Bearer"
+        return response
+    try:
+        oldest = state.store.oldest_unfinished()
+    except StoreError:
+        oldest = None
+    body = state.metrics.render(oldest, state.clock())
+    return Response(body, mimetype="text/plain", headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def error(status: int, code: str, detail: str) -> tuple[Response, int]:
-    """Return the JSON error body every refusal uses."""
+    """Return the JSON error body every refusal uses; a refused webhook is counted by reason."""
+    if request.endpoint == "webhook.receive":
+        get_state().metrics.rejected.labels(code).inc()
     return jsonify(error=code, detail=detail), status
 
 

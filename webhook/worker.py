@@ -20,6 +20,7 @@ class Worker:
 
     def __init__(self, processor: Processor, *, threads: int, queue_size: int) -> None:
         self.processor = processor
+        self.depth_gauge = processor.metrics.queue_depth
         self.threads = threads
         self.queue: queue.Queue[int | None] = queue.Queue(maxsize=queue_size)
         self._workers: list[threading.Thread] = []
@@ -35,6 +36,7 @@ class Worker:
             self.start()
             try:
                 self.queue.put_nowait(event_pk)
+                self.depth_gauge.inc()
             except queue.Full:
                 logger.warning("worker queue full; the sweeper will pick the event up", extra={"event": event_pk})
 
@@ -68,6 +70,7 @@ class Worker:
             event_pk = self.queue.get()
             if event_pk is None or self._stopping.is_set():
                 return
+            self.depth_gauge.dec()
             self._process(event_pk)
 
     def _process(self, event_pk: int) -> None:
