@@ -13,7 +13,7 @@ from tests.conftest import ROOT, Clock, SignedPost
 from webhook import signatures
 from webhook.cli import freshen
 from webhook.config import Settings
-from webhook.store import Store
+from webhook.store import NewEvent, Store
 
 
 def sample(name: str, settings: Settings, source: str, clock: Clock) -> bytes:
@@ -183,6 +183,11 @@ def test_health_and_readiness(app: Flask, client: FlaskClient) -> None:
     assert client.get("/healthz").json == {"status": "ok"}
     ready = client.get("/readyz")
     assert (ready.status_code, ready.json["genesys"], ready.json["database"]) == (200, "dry_run", "ok")
+    assert ready.json["oldest_unfinished_seconds"] is None
+    app.extensions["webhook"].store.save([NewEvent(source="inhouse", event_id="left", state="received", detail="",
+                                                   received_at=app.extensions["webhook"].clock(), raw_body=b"{}")])
+    app.extensions["webhook"].clock.advance(7)
+    assert client.get("/readyz").json["oldest_unfinished_seconds"] == 7.0
     app.extensions["webhook"].store = Store(create_engine("sqlite:////nonexistent-folder/x.db"))
     down = client.get("/readyz")
     assert (down.status_code, down.json["database"]) == (503, "down")

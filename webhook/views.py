@@ -114,14 +114,15 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Answer 200 when the store answers, 503 otherwise; show the Genesys mode."""
+    """Answer 200 when the store answers, 503 otherwise; show the Genesys mode and the oldest unfinished event."""
     state = get_state()
     mode = "dry_run" if state.settings.genesys.dry_run else "live"
     try:
-        state.store.ping()
+        oldest = state.store.oldest_unfinished()
     except StoreError:
         return jsonify(status="unavailable", database="down", genesys=mode), 503
-    return jsonify(status="ok", database="ok", genesys=mode), 200
+    age = round((state.clock() - oldest).total_seconds(), 1) if oldest else None
+    return jsonify(status="ok", database="ok", genesys=mode, oldest_unfinished_seconds=age), 200
 
 
 @bp.get("/metrics")
