@@ -186,3 +186,17 @@ def test_agent_map_prefers_the_source_qualified_key() -> None:
     assert resolve_agent("1", "hubspot", agents) == "b@example.com"
     with pytest.raises(EventError, match='add "x:2"'):
         resolve_agent("2", "x", agents)
+
+
+def test_a_nul_character_makes_a_field_invalid_rather_than_unstorable() -> None:
+    item = one(generic(ticket={"id": "4\u00008", "status": "open"}))
+    assert isinstance(item, InvalidItem) and "ticket_id at ticket.id contains a NUL character" in item.reason
+    assert "\x00" not in item.event_id
+
+
+@pytest.mark.parametrize("message_id", ["m" * 513, "msg\x00id"])
+def test_an_unusable_signature_id_falls_back_to_the_body_hash(message_id: str) -> None:
+    body = generic()
+    del body["event_id"]
+    item = one(body, message_id=message_id)
+    assert isinstance(item, TicketEvent) and item.event_id.startswith("sha256:")

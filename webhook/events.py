@@ -165,7 +165,8 @@ def _parse_item(
 ) -> TicketEvent | InvalidItem:
     suffix = "" if index is None else f":{index}"
     where = "" if index is None else f"element {index}: "
-    fallback_id = (f"{envelope.message_id}{suffix}" if envelope.message_id else f"sha256:{digest}{suffix}")
+    usable = envelope.message_id and len(envelope.message_id) <= MAX_FIELD_CHARS and "\x00" not in envelope.message_id
+    fallback_id = f"{envelope.message_id}{suffix}" if usable else f"sha256:{digest}{suffix}"
     if not isinstance(item, dict):
         return InvalidItem(envelope.source, fallback_id, f"{where}expected a JSON object, got {type(item).__name__}")
     event_id = fallback_id
@@ -220,6 +221,8 @@ def _text(item: Any, paths: Sequence[str], name: str) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise EventError(f"{name} at {path} must be a string or a number, got {type(value).__name__}")
         text = _scalar_text(value).strip()
+        if "\x00" in text:
+            raise EventError(f"{name} at {path} contains a NUL character")
         if len(text) > MAX_FIELD_CHARS:
             raise EventError(f"{name} at {path} is longer than {MAX_FIELD_CHARS} characters")
         if text:

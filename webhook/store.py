@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins  # in Store, "list" is the method: annotations there say builtins.list
+import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,15 +41,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from webhook.errors import StoreError
 
 logger = logging.getLogger(__name__)
 
 FINAL_STATES = ("applied", "skipped", "no_call", "expired", "failed", "dry_run", "invalid")
-STATES = ("received", "processing") + FINAL_STATES
+STATES = ("received", "processing", *FINAL_STATES)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -97,6 +99,8 @@ events = Table(
     UniqueConstraint("source", "event_id", name="uq_events_source_event_id"),
     Index("ix_events_state_received", "state", "received_at"),
     Index("ix_events_received", "received_at"),
+    # Row ids order ties between events and name events in `replay ID`: SQLite must never hand one out twice.
+    sqlite_autoincrement=True,
 )
 
 attempts = Table(
@@ -237,6 +241,10 @@ class Store:
             with self.engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
+            refused = getattr(exc, "orig", None)
+            if not isinstance(exc, DBAPIError) and isinstance(refused, ValueError):
+                # Refused before it reached the database (a naive datetime): the caller's bug, not an outage.
+                raise ValueError(str(refused)) from exc
             logger.warning("store error: %s", type(exc).__name__)
             raise StoreError(f"the database cannot be used: {type(exc).__name__}") from exc
 
@@ -253,7 +261,17 @@ class Store:
     def save(self, rows: Sequence[NewEvent]) -> list[Saved]:
         """Insert rows in one transaction; a (source, event_id) already stored is reported as a duplicate."""
         with self._tx() as conn:
+            if self.dialect == "postgresql" and len(rows) > 1:
+                self._lock_keys(conn, rows)
             return [self._save_one(conn, row) for row in rows]
+
+    @staticmethod
+    def _lock_keys(conn: Connection, rows: Sequence[NewEvent]) -> None:
+        """Take a transaction lock per key in one global order, so overlapping batches cannot deadlock."""
+        keys = sorted({int.from_bytes(hashlib.sha256(f"{r.source}\x00{r.event_id}".encode()).digest()[:8], "big",
+                                      signed=True) for r in rows})
+        conn.execute(text("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k "
+                          "ORDER BY 1) AS ordered"), {"keys": keys})
 
     def _save_one(self, conn: Connection, row: NewEvent) -> Saved:
         values = {
@@ -329,7 +347,7 @@ class Store:
             ).mappings().first()
         return _record(row) if row else None
 
-    def attempts(self, event_pk: int) -> list[AttemptRecord]:
+    def attempts(self, event_pk: int) -> builtins.list[AttemptRecord]:
         """Return the Genesys requests made for one event, oldest first."""
         with self._tx() as conn:
             rows = conn.execute(
@@ -344,8 +362,9 @@ class Store:
             rows = conn.execute(select(events.c.state, func.count()).group_by(events.c.state)).all()
         return {state: int(count) for state, count in rows}
 
-
-    def claim(self, event_pk: int, *, now: datetime, stale_before: datetime, states: Sequence[str] = ("received",)) -> bool:
+    def claim(
+        self, event_pk: int, *, now: datetime, stale_before: datetime, states: Sequence[str] = ("received",)
+    ) -> bool:
         """Move an event to processing unless another worker holds a fresh claim; True when this caller won it."""
         allowed = or_(events.c.state.in_(list(states)),
                       and_(events.c.state == "processing", events.c.claimed_at < stale_before))
@@ -397,7 +416,7 @@ class Store:
                                .where(agent_state.c.agent == agent)).first()
         return (row[0], int(row[1])) if row else None
 
-    def pending(self, *, received_before: datetime, stale_before: datetime, limit: int = 100) -> list[int]:
+    def pending(self, *, received_before: datetime, stale_before: datetime, limit: int = 100) -> builtins.list[int]:
         """Return ids of events left in received, or stuck in processing with a stale claim, oldest first."""
         waiting = or_(and_(events.c.state == "received", events.c.received_at < received_before),
                       and_(events.c.state == "processing", events.c.claimed_at < stale_before))
@@ -425,7 +444,7 @@ class Store:
             total += len(ids)
 
 
-def _record(row: Mapping[str, Any]) -> EventRecord:
+def _record(row: RowMapping) -> EventRecord:
     values = dict(row)
     values["raw_body"] = bytes(values["raw_body"])
     try:
@@ -438,7 +457,12 @@ def _record(row: Mapping[str, Any]) -> EventRecord:
 def _make_sqlite_folder(url: str) -> None:
     path = url.split("///", 1)[1] if "///" in url else ""
     if path and path != ":memory:" and not path.startswith("file:"):
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(path).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # Left to the first query, which raises StoreError like any other unreachable database.
+            logger.warning("cannot create the SQLite folder %s: %s", folder, exc.strerror)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -1,0 +1,439 @@
+"""The store on SQLite and PostgreSQL: dedupe, reads, claims, agent ordering, the sweeper's query, purge, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event as sa_event
+from sqlalchemy import func, select
+
+from tests.conftest import T0
+from webhook.config import database_url
+from webhook.errors import StoreError
+from webhook.store import NewEvent, Saved, Store, attempts
+
+AGENT = "jane.agent@example.com"
+STALE = timedelta(seconds=60)
+
+
+def new(
+    event_id: str,
+    *,
+    source: str = "helpdesk",
+    state: str = "received",
+    received_at: datetime = T0,
+    body: bytes = b'{"ticket": {"id": "48213"}}',
+    **fields: Any,
+) -> NewEvent:
+    """A row as intake would store it; a parsed event unless the state says invalid."""
+    parsed: dict[str, Any] = {"headers": {"content-type": "application/json"}}
+    if state != "invalid":
+        parsed |= {"ticket_id": "48213", "status": "payment_in_progress", "previous_status": "open", "agent": AGENT,
+                   "occurred_at": received_at - timedelta(seconds=1)}
+    detail = "required field ticket_id is missing" if state == "invalid" else ""
+    return NewEvent(source=source, event_id=event_id, state=state, detail=detail, received_at=received_at,
+                    raw_body=body, **(parsed | fields))
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    """A store of its own on a fresh database of each kind."""
+    store = Store.from_url(db_url)
+    yield store
+    store.close()
+
+
+def save_one(store: Store, row: NewEvent) -> int:
+    [saved] = store.save([row])
+    assert not saved.duplicate
+    return saved.id
+
+
+# ---------------------------------------------------------------- save and dedupe
+
+def test_new_rows_are_saved_as_new(store: Store) -> None:
+    first, second = store.save([new("evt_1"), new("evt_2", state="invalid")])
+    assert first == Saved(first.id, "helpdesk", "evt_1", False, "received")
+    assert second == Saved(second.id, "helpdesk", "evt_2", False, "invalid")
+    assert second.id > first.id
+    assert store.counts() == {"received": 1, "invalid": 1}
+
+
+def test_same_source_and_event_id_is_a_duplicate_with_the_first_rows_id_and_state(store: Store) -> None:
+    first = save_one(store, new("evt_1", body=b"first"))
+    store.finish(first, state="dry_run", detail="would mute", action="mute", now=T0)
+    before = store.get(first)
+
+    [again] = store.save([new("evt_1", state="invalid", body=b"second", received_at=T0 + timedelta(seconds=9))])
+
+    assert again == Saved(first, "helpdesk", "evt_1", True, "dry_run")
+    assert store.get(first) == before
+    assert store.list(limit=None) == [before]
+
+
+def test_same_event_id_under_another_source_is_another_event(store: Store) -> None:
+    helpdesk, zendesk = store.save([new("evt_1"), new("evt_1", source="zendesk")])
+    assert not helpdesk.duplicate and not zendesk.duplicate
+    assert helpdesk.id != zendesk.id
+    assert store.find("zendesk", "evt_1").id == zendesk.id  # type: ignore[union-attr]
+
+
+def test_one_save_mixes_new_and_duplicate_rows_in_order(store: Store) -> None:
+    old = save_one(store, new("evt_old"))
+    saved = store.save([new("evt_old"), new("evt_new"), new("evt_new"), new("evt_other")])
+    assert [(s.event_id, s.duplicate) for s in saved] == [
+        ("evt_old", True), ("evt_new", False), ("evt_new", True), ("evt_other", False)]
+    assert saved[0].id == old
+    assert saved[2].id == saved[1].id
+    assert len(store.list(limit=None)) == 3
+
+
+# ---------------------------------------------------------------- reading back
+
+@pytest.fixture
+def five(store: Store) -> Store:
+    """Five events from two sources in several states, received 100 s apart (row ids in this order)."""
+    store.save([
+        new("a", received_at=T0 - timedelta(seconds=300)),
+        new("b", source="zendesk", state="dry_run", received_at=T0 - timedelta(seconds=200)),
+        new("c", state="invalid", received_at=T0 - timedelta(seconds=100)),
+        new("d", received_at=T0),
+        new("e", source="zendesk", received_at=T0 + timedelta(seconds=100)),
+    ])
+    return store
+
+
+@pytest.mark.parametrize("filters, expected", [
+    ({}, "edcba"),
+    ({"state": "received"}, "eda"),
+    ({"source": "zendesk"}, "eb"),
+    ({"since": T0}, "ed"),
+    ({"since": T0 - timedelta(seconds=299)}, "edcb"),
+    ({"ids": "ac?"}, "ca"),
+    ({"ids": ""}, ""),
+    ({"limit": 2}, "ed"),
+    ({"limit": None}, "edcba"),
+    ({"state": "received", "source": "helpdesk", "since": T0 - timedelta(seconds=300)}, "da"),
+    ({"state": "applied"}, ""),
+], ids=["all", "state", "source", "since-inclusive", "since", "ids", "no-ids", "limit", "limit-none", "combined",
+        "no-match"])
+def test_list_filters_newest_first(five: Store, filters: dict[str, Any], expected: str) -> None:
+    if "ids" in filters:  # the table names events; "?" is a row id that does not exist
+        by_name = {r.event_id: r.id for r in five.list(limit=None)}
+        filters = filters | {"ids": [by_name.get(name, 999_999) for name in filters["ids"]]}
+    assert "".join(r.event_id for r in five.list(**filters)) == expected
+
+
+def test_list_limit_none_returns_more_than_the_default_page(store: Store) -> None:
+    store.save([new(f"evt_{n:03}") for n in range(60)])
+    assert len(store.list()) == 50
+    assert [r.event_id for r in store.list(limit=None)] == [f"evt_{n:03}" for n in reversed(range(60))]
+
+
+def test_get_and_find_return_the_event_or_none(five: Store) -> None:
+    record = five.find("zendesk", "b")
+    assert record is not None and five.get(record.id) == record
+    assert (record.source, record.event_id, record.state) == ("zendesk", "b", "dry_run")
+    assert five.find("helpdesk", "b") is None
+    assert five.get(999_999) is None
+
+
+def test_iter_events_yields_every_event_oldest_first_across_batches(five: Store) -> None:
+    assert [r.event_id for r in five.iter_events(batch=2)] == list("abcde")
+
+
+def test_iter_events_on_an_empty_store_yields_nothing(store: Store) -> None:
+    assert list(store.iter_events()) == []
+
+
+@pytest.mark.parametrize("body", [
+    b"",
+    b"\xff\xfe\x00\x80 not UTF-8 \xc3\x28",
+    bytes(range(256)),
+    '{"status": "paiement_en_cours", "agent": "zoë@example.com"}'.encode(),
+], ids=["empty", "not-utf8", "every-byte", "utf8"])
+def test_raw_body_round_trips_byte_for_byte(store: Store, body: bytes) -> None:
+    record = store.get(save_one(store, new("evt_1", body=body)))
+    assert record is not None
+    assert type(record.raw_body) is bytes and record.raw_body == body
+
+
+def test_every_field_round_trips(store: Store) -> None:
+    row = new("evt_1", headers={"content-type": "application/json", "user-agent": "Zendesk Webhook/ü", "x-empty": ""},
+              conversation_id="3b0c8a52", signed_at=T0 - timedelta(seconds=2), message_id="msg_2Kx")
+    record = store.get(save_one(store, row))
+    assert record is not None
+    stored = {name: getattr(record, name) for name in (
+        "source", "event_id", "state", "detail", "ticket_id", "status", "previous_status", "agent",
+        "conversation_id", "occurred_at", "received_at", "signed_at", "message_id", "raw_body")}
+    assert stored == {name: getattr(row, name) for name in stored}
+    assert record.headers == row.headers
+    assert (record.action, record.claimed_at, record.updated_at) == (None, None, row.received_at)
+
+
+def test_datetimes_come_back_aware_utc_to_the_microsecond(store: Store) -> None:
+    india = timezone(timedelta(hours=5, minutes=30))
+    received = datetime(2026, 11, 23, 10, 0, 0, 123456, tzinfo=UTC)
+    occurred = datetime(2026, 11, 23, 15, 29, 59, 999999, tzinfo=india)
+    record = store.get(save_one(store, new("evt_1", received_at=received, occurred_at=occurred)))
+    assert record is not None
+    assert record.received_at == received and record.occurred_at == occurred
+    assert record.occurred_at.microsecond == 999999
+    assert all(value.tzinfo is UTC for value in (record.received_at, record.updated_at, record.occurred_at))
+    assert record.summary()["occurred_at"] == "2026-11-23T09:59:59.999999Z"
+
+
+@pytest.mark.parametrize("call", [
+    lambda store: store.save([new("evt_naive", received_at=datetime(2026, 11, 23, 10, 0))]),
+    lambda store: store.save([new("evt_naive", occurred_at=datetime(2026, 11, 23, 10, 0))]),
+    lambda store: store.list(since=datetime(2026, 11, 23, 10, 0)),
+    lambda store: store.advance_agent(AGENT, occurred_at=datetime(2026, 11, 23, 10, 0), event_pk=1, now=T0),
+], ids=["received_at", "occurred_at", "since", "advance_agent"])
+def test_a_naive_datetime_is_refused_as_a_bug_not_an_outage(store: Store, call: Any) -> None:
+    with pytest.raises(ValueError, match="naive datetime"):
+        call(store)
+    assert store.counts() == {} and store.agent_slot(AGENT) is None
+
+
+# ---------------------------------------------------------------- claim, finish, release
+
+def test_claim_moves_received_to_processing_once(store: Store) -> None:
+    pk = save_one(store, new("evt_1"))
+    assert store.claim(pk, now=T0, stale_before=T0 - STALE) is True
+    assert store.claim(pk, now=T0, stale_before=T0 - STALE) is False
+    record = store.get(pk)
+    assert record is not None and (record.state, record.claimed_at, record.updated_at) == ("processing", T0, T0)
+
+
+def test_claim_of_a_missing_event_is_false(store: Store) -> None:
+    assert store.claim(999_999, now=T0, stale_before=T0 - STALE) is False
+
+
+def test_a_stale_claim_is_taken_over_and_a_fresh_one_is_not(store: Store) -> None:
+    pk = save_one(store, new("evt_1"))
+    assert store.claim(pk, now=T0, stale_before=T0 - STALE)
+    later = T0 + STALE
+    assert store.claim(pk, now=later, stale_before=later - STALE) is False  # claimed exactly at the limit: fresh
+    much_later = T0 + STALE + timedelta(microseconds=1)
+    assert store.claim(pk, now=much_later, stale_before=much_later - STALE) is True
+    assert store.get(pk).claimed_at == much_later  # type: ignore[union-attr]
+
+
+def test_claim_for_replay_takes_only_the_states_asked_for(store: Store) -> None:
+    failed, dry = store.save([new("evt_failed"), new("evt_dry")])
+    for saved, state in ((failed, "failed"), (dry, "dry_run")):
+        assert store.claim(saved.id, now=T0, stale_before=T0 - STALE)
+        store.finish(saved.id, state=state, detail="x", now=T0)
+    assert store.claim(failed.id, now=T0, stale_before=T0 - STALE) is False
+    assert store.claim(dry.id, now=T0, stale_before=T0 - STALE, states=("failed",)) is False
+    assert store.claim(failed.id, now=T0, stale_before=T0 - STALE, states=("failed",)) is True
+    assert store.get(failed.id).state == "processing"  # type: ignore[union-attr]
+
+
+def test_finish_records_state_detail_action_and_clears_the_claim(store: Store) -> None:
+    pk = save_one(store, new("evt_1"))
+    store.claim(pk, now=T0, stale_before=T0 - STALE)
+    done = T0 + timedelta(seconds=2)
+    store.finish(pk, state="failed", detail="HTTP 400 not.a.user: " + "x" * 3000, action="mute", now=done,
+                 fields={"ticket_id": "99"})
+    record = store.get(pk)
+    assert record is not None
+    assert (record.state, record.action, record.claimed_at, record.updated_at, record.ticket_id) == (
+        "failed", "mute", None, done, "99")
+    assert record.detail.startswith("HTTP 400 not.a.user: ") and len(record.detail) == 2000
+
+
+def test_release_hands_a_claimed_event_back_and_leaves_others_alone(store: Store) -> None:
+    claimed, final = store.save([new("evt_claimed"), new("evt_final")])
+    for pk in (claimed.id, final.id):
+        store.claim(pk, now=T0, stale_before=T0 - STALE)
+    store.finish(final.id, state="applied", detail="muted", now=T0)
+    for pk in (claimed.id, final.id):
+        store.release(pk, now=T0 + timedelta(seconds=1))
+    assert [(r.event_id, r.state, r.claimed_at) for r in store.list()] == [
+        ("evt_final", "applied", None), ("evt_claimed", "received", None)]
+    assert store.claim(claimed.id, now=T0, stale_before=T0 - STALE) is True
+
+
+# ---------------------------------------------------------------- agent ordering
+
+@pytest.mark.parametrize("occurred, event_pk, wins", [
+    (T0 + timedelta(seconds=5), 11, True),
+    (T0 + timedelta(microseconds=1), 3, True),
+    (T0 - timedelta(seconds=5), 11, False),
+    (T0 - timedelta(microseconds=1), 99, False),
+    (T0, 11, True),
+    (T0, 9, False),
+    (T0, 10, True),
+    (T0.astimezone(timezone(timedelta(hours=2))), 11, True),
+    (T0.astimezone(timezone(timedelta(hours=-7))), 9, False),
+], ids=["newer", "newer-by-1us-lower-id", "older", "older-by-1us-higher-id", "tie-higher-id", "tie-lower-id",
+        "same-event-replayed", "tie-in-another-zone-higher-id", "tie-in-another-zone-lower-id"])
+def test_advance_agent_against_a_held_slot(store: Store, occurred: datetime, event_pk: int, wins: bool) -> None:
+    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=10, now=T0) is True
+    assert store.advance_agent(AGENT, occurred_at=occurred, event_pk=event_pk, now=T0) is wins
+    assert store.agent_slot(AGENT) == ((occurred, event_pk) if wins else (T0, 10))
+
+
+def test_first_event_for_an_agent_wins_and_agents_are_independent(store: Store) -> None:
+    assert store.agent_slot(AGENT) is None
+    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=10, now=T0) is True
+    assert store.advance_agent("omar.agent@example.com", occurred_at=T0 - timedelta(hours=1), event_pk=2, now=T0)
+    assert store.agent_slot(AGENT) == (T0, 10)
+    assert store.agent_slot("omar.agent@example.com") == (T0 - timedelta(hours=1), 2)
+    slot = store.agent_slot(AGENT)
+    assert slot is not None and slot[0].tzinfo is UTC
+
+
+# ---------------------------------------------------------------- the sweeper's query
+
+def test_pending_finds_old_received_and_stale_processing_only(store: Store) -> None:
+    rows = {
+        "old-received": (new("old-received", received_at=T0 - timedelta(seconds=20)), None, None),
+        "fresh-received": (new("fresh-received", received_at=T0 - timedelta(seconds=5)), None, None),
+        "stale-processing": (new("stale-processing", received_at=T0 - timedelta(seconds=200)),
+                             T0 - timedelta(seconds=120), None),
+        "fresh-processing": (new("fresh-processing", received_at=T0 - timedelta(seconds=200)),
+                             T0 - timedelta(seconds=30), None),
+        "old-dry-run": (new("old-dry-run", received_at=T0 - timedelta(seconds=300)), T0 - timedelta(seconds=299),
+                        "dry_run"),
+        "old-failed": (new("old-failed", received_at=T0 - timedelta(seconds=300)), T0 - timedelta(seconds=299),
+                       "failed"),
+        "old-invalid": (new("old-invalid", state="invalid", received_at=T0 - timedelta(seconds=300)), None, None),
+    }
+    ids = {}
+    for name, (row, claimed_at, final) in rows.items():
+        ids[name] = save_one(store, row)
+        if claimed_at is not None:
+            assert store.claim(ids[name], now=claimed_at, stale_before=claimed_at - STALE)
+        if final is not None:
+            store.finish(ids[name], state=final, detail="done", now=claimed_at)  # type: ignore[arg-type]
+
+    found = store.pending(received_before=T0 - timedelta(seconds=10), stale_before=T0 - STALE)
+
+    assert found == [ids["old-received"], ids["stale-processing"]]
+    assert store.pending(received_before=T0 - timedelta(seconds=10), stale_before=T0 - STALE, limit=1) == [
+        ids["old-received"]]
+
+
+# ---------------------------------------------------------------- attempts, counts, oldest, purge
+
+def test_attempts_round_trip_oldest_first_per_event(store: Store) -> None:
+    pk, other = (s.id for s in store.save([new("evt_1"), new("evt_2")]))
+    store.add_attempt(pk, at=T0, method="POST", path="/api/v2/users/search", status=429, code="too.many.requests",
+                      correlation_id="c-1", duration_ms=12.5, error=None)
+    store.add_attempt(pk, at=T0 + timedelta(seconds=1), method="PATCH", path="/p/" + "x" * 600, status=None,
+                      code=None, correlation_id=None, duration_ms=3000.0, error="ReadTimeout")
+    first, second = store.attempts(pk)
+    assert (first.at, first.method, first.path, first.status, first.code, first.correlation_id, first.duration_ms,
+            first.error) == (T0, "POST", "/api/v2/users/search", 429, "too.many.requests", "c-1", 12.5, None)
+    assert (second.at, second.status, second.error, len(second.path)) == (
+        T0 + timedelta(seconds=1), None, "ReadTimeout", 512)
+    assert second.at.tzinfo is UTC
+    assert store.attempts(other) == []
+
+
+def test_counts_per_state(five: Store) -> None:
+    assert five.counts() == {"received": 3, "dry_run": 1, "invalid": 1}
+
+
+def test_oldest_unfinished_is_the_oldest_received_or_processing(store: Store) -> None:
+    assert store.oldest_unfinished() is None
+    done, processing, _ = store.save([
+        new("done", received_at=T0 - timedelta(seconds=300)),
+        new("processing", received_at=T0 - timedelta(seconds=200, microseconds=5)),
+        new("waiting", received_at=T0 - timedelta(seconds=100)),
+    ])
+    store.finish(done.id, state="applied", detail="muted", now=T0)
+    store.claim(processing.id, now=T0, stale_before=T0 - STALE)
+    oldest = store.oldest_unfinished()
+    assert oldest == T0 - timedelta(seconds=200, microseconds=5)
+    assert oldest is not None and oldest.tzinfo is UTC
+
+
+def test_purge_deletes_old_events_and_their_attempts_in_batches(store: Store) -> None:
+    old = [save_one(store, new(f"old_{n}", received_at=T0 - timedelta(days=40, seconds=n))) for n in range(5)]
+    kept = [save_one(store, new(f"new_{n}", received_at=T0 - timedelta(days=1) + timedelta(seconds=n)))
+            for n in range(2)]
+    for pk in old + kept:
+        store.add_attempt(pk, at=T0, method="PATCH", path="/p", status=202, code=None, correlation_id="c",
+                          duration_ms=1.0, error=None)
+    deletes: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM EVENTS"):
+            deletes.append(statement)
+
+    sa_event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        assert store.purge(before=T0 - timedelta(days=30), batch=2) == 5
+    finally:
+        sa_event.remove(store.engine, "before_cursor_execute", count)
+
+    assert len(deletes) == 3
+    assert sorted(r.id for r in store.list(limit=None)) == kept
+    with store.engine.connect() as conn:
+        assert sorted(conn.execute(select(attempts.c.event)).scalars()) == kept
+    assert store.purge(before=T0 - timedelta(days=30), batch=2) == 0
+
+
+def test_row_ids_are_never_handed_out_again_after_a_purge(store: Store) -> None:
+    last = save_one(store, new("evt_1"))
+    assert store.purge(before=T0 + timedelta(seconds=1)) == 1
+    assert save_one(store, new("evt_2")) > last
+
+
+def test_create_schema_is_idempotent(store: Store) -> None:
+    pk = save_one(store, new("evt_1"))
+    store.create_schema()
+    store.ping()
+    assert store.get(pk) is not None
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(attempts)).scalar() == 0
+
+
+# ---------------------------------------------------------------- an unreachable database
+
+def unreachable_url(kind: str, tmp_path: Path) -> str:
+    if kind == "sqlite":
+        blocker = tmp_path / "a-file-not-a-folder"
+        blocker.write_text("x")
+        return f"sqlite:///{blocker}/webhook.db"
+    return "postgresql+psycopg://u:hunter2@127.0.0.1:1/x"  # nothing listens on port 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("call", [
+    lambda store: store.ping(),
+    lambda store: store.create_schema(),
+    lambda store: store.save([new("evt_1")]),
+    lambda store: store.list(),
+    lambda store: store.claim(1, now=T0, stale_before=T0 - STALE),
+], ids=["ping", "create_schema", "save", "list", "claim"])
+def test_unreachable_database_raises_store_error_without_the_password(
+    kind: str, call: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store.from_url(unreachable_url(kind, tmp_path))
+    try:
+        with pytest.raises(StoreError, match="the database cannot be used: OperationalError") as info:
+            call(store)
+    finally:
+        store.close()
+    assert "hunter2" not in str(info.value)
+    assert "hunter2" not in caplog.text
+
+
+# ---------------------------------------------------------------- DATABASE_URL forms
+
+@pytest.mark.parametrize("given, used", [
+    ("postgres://u:p@h:5432/d", "postgresql+psycopg://u:p@h:5432/d"),
+    ("postgresql://u:p@h:5432/d", "postgresql+psycopg://u:p@h:5432/d"),
+    ("postgresql+psycopg://u:p@h:5432/d", "postgresql+psycopg://u:p@h:5432/d"),
+    ("sqlite:///instance/webhook.db", "sqlite:///instance/webhook.db"),
+], ids=["heroku", "plain", "already-psycopg", "sqlite"])
+def test_database_url_uses_the_psycopg_driver(given: str, used: str) -> None:
+    assert database_url(given) == used
