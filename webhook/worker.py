@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
@@ -62,8 +63,9 @@ class Worker:
                 self.queue.put_nowait(None)
             except queue.Full:
                 break
+        deadline = time.monotonic() + timeout
         for thread in self._workers:
-            thread.join(timeout)
+            thread.join(max(deadline - time.monotonic(), 0.0))
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
