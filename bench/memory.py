@@ -47,6 +47,11 @@ def worker_pid(master: int) -> int:
     return int(children[0])
 
 
+def finished_count(store: Store) -> int:
+    """Return how many events have reached a final state."""
+    return sum(n for state, n in store.counts().items() if state not in ("received", "processing"))
+
+
 def body(n: int, agent: str) -> bytes:
     status, previous = ("payment_in_progress", "open") if n % 2 == 0 else ("open", "payment_in_progress")
     return json.dumps({"event_id": f"mem-{uuid.uuid4()}", "occurred_at": datetime.now(UTC).isoformat(),
@@ -84,11 +89,10 @@ def main() -> None:
                                           .status_code, batch))
                     assert all(c == 202 for c in codes), f"unexpected answers: {set(codes)}"
                     sent = checkpoint
-                    wait_until(lambda: sum(v for k, v in store.counts().items()
-                                           if k not in ("received", "processing")) >= sent,
+                    wait_until(lambda target=sent: finished_count(store) >= target,
                                max(TIME_CAP - (time.monotonic() - started), 1), message="events finished")
                     readings[checkpoint] = rss_mb(pid)
-                    finished = sum(v for k, v in store.counts().items() if k not in ("received", "processing"))
+                    finished = finished_count(store)
                     print(f"{checkpoint:>8} {readings[checkpoint]:>8.1f} {finished:>8}")
             half, end = readings[args.events // 2], readings[args.events]
             print(f"\nstates: {store.counts()}")

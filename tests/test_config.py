@@ -157,3 +157,9 @@ def test_the_service_refuses_to_start_and_lists_the_problems(tmp_path: Path) -> 
     assert "crm-mute-bridge cannot start" in result.stderr
     assert "HELPDESK_WEBHOOK_SECRET: unset or empty" in result.stderr
     assert "INHOUSE_WEBHOOK_SECRET" in result.stderr and "only-one" not in result.stderr
+
+
+def test_a_stale_claim_shorter_than_one_events_budget_is_refused(tmp_path: Path) -> None:
+    toml = Path(CONFIG).read_text().replace("stale_claim_seconds    = 60", "stale_claim_seconds    = 30")
+    assert any("processing.stale_claim_seconds: must be more than retry_budget_seconds + 5 (35)" in p
+               for p in problems(tmp_path, toml))

@@ -214,3 +214,20 @@ def test_ordering_is_per_agent_whatever_the_case_of_the_e_mail(store: Store) -> 
     older = proc.process(save(store, event_id="old", agent=JANE.upper(), status="open",
                               previous="payment_in_progress", occurred=T0))
     assert older.new_state == "skipped"
+
+
+def test_a_run_whose_claim_was_taken_over_does_not_overwrite_the_winner(store: Store) -> None:
+    event = save(store)
+    clock = Clock(T0)
+
+    class TakenOver(StubGenesys):
+        def set_muted(self, target: Target, muted: bool, *, deadline: float, record: Any = None) -> None:
+            super().set_muted(target, muted, deadline=deadline, record=record)
+            # Meanwhile another worker took the stale claim over and finished the event.
+            assert store.claim(event, now=T0 + timedelta(seconds=90), stale_before=T0 + timedelta(seconds=30))
+            store.finish(event, state="applied", detail="the other worker", now=T0 + timedelta(seconds=91))
+
+    outcome = processor(store, clock, TakenOver(TARGET)).process(event)
+    assert outcome.new_state == "processing" and outcome.detail.startswith("claim lost")
+    record = store.get(event)
+    assert record is not None and (record.state, record.detail) == ("applied", "the other worker")

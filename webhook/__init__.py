@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -37,7 +39,9 @@ def create_app(
     from webhook.worker import Sweeper, Worker
 
     settings = settings or Settings.from_env()
-    logs.configure(settings.log_format, settings.log_level)
+    # Under `flask <command>` stdout is the command's output (tables, JSON): logs go to stderr there.
+    cli_run = os.environ.get("FLASK_RUN_FROM_CLI") == "true"
+    logs.configure(settings.log_format, settings.log_level, stream=sys.stderr if cli_run else sys.stdout)
     app = Flask(__name__, instance_relative_config=False)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

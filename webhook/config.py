@@ -22,6 +22,7 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 TOP_KEYS = ("sources", "rules", "agents", "intake", "processing", "retention")
 SOURCE_KEYS = ("scheme", "mapping", "tolerance_seconds", "header")
+CLAIM_MARGIN_SECONDS = 5.0  # the store writes around the Genesys calls, which the deadline bounds
 SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -141,6 +142,11 @@ class _Loader:
             log_format=self.choice("LOG_FORMAT", ("plain", "json"), "plain"),
             log_level=self.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         )
+        if settings.stale_claim_seconds <= settings.retry_budget_seconds + CLAIM_MARGIN_SECONDS:
+            self.problem("processing.stale_claim_seconds",
+                         f"must be more than retry_budget_seconds + {CLAIM_MARGIN_SECONDS:g} "
+                         f"({settings.retry_budget_seconds + CLAIM_MARGIN_SECONDS:g}), or a live event could be "
+                         "taken over and acted on twice")
         if self.problems:
             raise ConfigError(self.problems)
         return settings

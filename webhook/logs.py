@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 import sys
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from flask import Flask, g, has_request_context, request
 
@@ -61,12 +61,12 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure(fmt: str, level: str = "INFO") -> None:
-    """Send the service's logs to stdout in the given format ("json" or "plain"), once per process."""
+def configure(fmt: str, level: str = "INFO", *, stream: TextIO | None = None) -> None:
+    """Send the service's logs to stdout (or stream) in the given format ("json" or "plain"), once per process."""
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "_webhook", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = logging.StreamHandler(stream or sys.stdout)
         handler._webhook = True  # type: ignore[attr-defined]
         handler.addFilter(RequestIdFilter())
         root.addHandler(handler)

@@ -100,7 +100,11 @@ class Processor:
             logger.exception("processing failed", extra={"event": event_pk})
             action, state, detail, fields = None, "failed", "internal error while processing; see the service log", {}
         finished = self.clock()
-        self.store.finish(event_pk, state=state, detail=detail, action=action, now=finished, fields=fields)
+        if not self.store.finish(event_pk, state=state, detail=detail, action=action, now=finished, fields=fields,
+                                 claimed_at=now):
+            logger.warning("claim lost while processing; another worker finished the event",
+                           extra={"event": event_pk, "state": state})
+            return Outcome(event_pk, action, before.state, "processing", f"claim lost; {detail}")
         self.metrics.finished.labels(state).inc()
         if before.state == "received":
             self.metrics.latency.observe(max((finished - before.received_at).total_seconds(), 0.0))

@@ -30,8 +30,8 @@ import re
 import secrets as _random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from webhook.errors import SignatureError
 

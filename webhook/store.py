@@ -376,12 +376,16 @@ class Store:
         return result.rowcount == 1
 
     def finish(self, event_pk: int, *, state: str, detail: str, now: datetime, action: str | None = None,
-               fields: Mapping[str, Any] | None = None) -> None:
-        """Record an event's final state, its one-line detail and the action decided (plus re-parsed fields)."""
+               fields: Mapping[str, Any] | None = None, claimed_at: datetime | None = None) -> bool:
+        """Record an event's final state, detail and action (plus re-parsed fields); with claimed_at, only while
+        that claim still holds. Return whether the row was written."""
         values = {"state": state, "detail": detail[:2000], "action": action, "updated_at": now, "claimed_at": None}
         values.update(fields or {})
+        query = update(events).where(events.c.id == event_pk)
+        if claimed_at is not None:
+            query = query.where(events.c.state == "processing", events.c.claimed_at == claimed_at)
         with self._tx() as conn:
-            conn.execute(update(events).where(events.c.id == event_pk).values(**values))
+            return conn.execute(query.values(**values)).rowcount == 1
 
     def release(self, event_pk: int, *, now: datetime) -> None:
         """Hand a claimed event back to the sweeper (used at shutdown)."""

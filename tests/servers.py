@@ -1,0 +1,268 @@
+"""Run the real service (gunicorn with the shipped gunicorn.conf.py) and its commands as subprocesses on loopback.
+
+Used by the end-to-end tests and by bench/. The service reads its settings from the environment built here, exactly
+as on a PaaS: the test secrets, DATABASE_URL, GENESYS_* pointing at a FakeGenesys, and WEBHOOK_CONFIG naming a copy of
+config/webhook.toml with some [processing] knobs changed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tests.conftest import CONFIG, ROOT, SECRETS
+from tests.fake_genesys import FakeGenesys
+from webhook import signatures
+from webhook.config import Settings, database_url
+from webhook.store import Store
+
+T = TypeVar("T")
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+# Variables of the developer's shell that would change what the service under test reads.
+_SCRUBBED = re.compile(r"^(GENESYS_|DATABASE_URL$|WEBHOOK_CONFIG$|PORT$|WEB_CONCURRENCY$|GUNICORN_|FLASK_|LOG_FORMAT$"
+                       r"|LOG_LEVEL$|.*_WEBHOOK_SECRET$)")
+
+
+def wait_until(predicate: Callable[[], T | None], timeout: float, *, interval: float = 0.02, message: str = "") -> T:
+    """Poll predicate until it returns something truthy and return that; AssertionError after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true after {timeout:.1f} s: {message or predicate}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_config(path: Path, **processing: float) -> Path:
+    """Write a copy of the shipped config/webhook.toml with the given [processing] knobs changed; return its path."""
+    source = Path(CONFIG).read_text(encoding="utf-8")
+    head, sep, rest = source.partition("\n[processing]\n")
+    assert sep, "config/webhook.toml has no [processing] table"
+    after = re.search(r"(?m)^\[", rest)  # the next table, which must keep its own keys
+    section, tail = (rest[:after.start()], rest[after.start():]) if after else (rest, "")
+    for key, value in processing.items():
+        section, found = re.subn(rf"(?m)^{re.escape(key)}\s*=\s*[^#\n]*?(\s*#|$)", rf"{key} = {value!r}\1", section,
+                                 count=1)
+        if not found:
+            section = section.rstrip("\n") + f"\n{key} = {value!r}\n\n"
+    path.write_text(head + sep + section + tail, encoding="utf-8")
+    return path
+
+
+def service_env(fake: FakeGenesys, db_url: str, config_path: Path | str, **extra: str) -> dict[str, str]:
+    """Return the environment of a live (not dry-run) service talking to the fake Genesys."""
+    base = {k: v for k, v in os.environ.items() if not _SCRUBBED.match(k)}
+    return base | SECRETS | {
+        "DATABASE_URL": db_url,
+        "WEBHOOK_CONFIG": str(config_path),
+        "GENESYS_DRY_RUN": "false",
+        "GENESYS_CLIENT_ID": fake.client_id,
+        "GENESYS_CLIENT_SECRET": fake.client_secret,
+        "GENESYS_API_URL": fake.url,
+        "GENESYS_LOGIN_URL": fake.url,
+        "PYTHONUNBUFFERED": "1",
+    } | extra
+
+
+def settings_of(env: Mapping[str, str]) -> Settings:
+    """Return the Settings the service builds from this environment."""
+    return Settings.from_env(env, config_path=env["WEBHOOK_CONFIG"])
+
+
+def signed_request(settings: Settings, source: str, body: bytes, url: str, *,
+                   now: datetime | None = None) -> dict[str, str]:
+    """Return the headers a real sender of `source` sends with body to url (signed at now, default the wall clock)."""
+    src = settings.sources[source]
+    headers = signatures.sign(src.scheme, body=body, secret=src.secrets[0], now=now or datetime.now(UTC), url=url,
+                              header=src.header)
+    return headers | {"Content-Type": "application/json"}
+
+
+def create_schema(db_url: str) -> None:
+    """Create the tables (what the Procfile's release step does before the web process starts)."""
+    store = Store.from_url(db_url)
+    try:
+        store.create_schema()
+    finally:
+        store.close()
+
+
+@contextmanager
+def scratch_postgres(url: str) -> Iterator[str]:
+    """Yield the URL of a new, empty PostgreSQL database beside `url`'s, dropped afterwards (no shared tables)."""
+    admin = create_engine(database_url(url), isolation_level="AUTOCOMMIT")
+    name = f"e2e_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(database_url(url)).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class Service:
+    """The real service under gunicorn (`gunicorn --config gunicorn.conf.py wsgi:app`) on a free loopback port."""
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path, *, workers: int = 1, threads: int = 4,
+                 name: str = "service") -> None:
+        self.env = dict(env)
+        self.settings = settings_of(env)
+        self.log_dir = log_dir
+        self.workers = workers
+        self.threads = threads
+        self.name = name
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.session = requests.Session()
+
+    @property
+    def url(self) -> str:
+        """Return the base URL of the running service."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """Return the file that holds the current run's stdout and stderr."""
+        return self.log_dir / f"{self.name}-{self.starts}.log"
+
+    def start(self) -> Service:
+        """Create the schema, start gunicorn in its own process group and wait for /healthz."""
+        assert self.process is None, "already running"
+        create_schema(self.env["DATABASE_URL"])
+        self.port, self.starts = free_port(), self.starts + 1
+        command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "-b", f"127.0.0.1:{self.port}",
+                   "--workers", str(self.workers), "--threads", str(self.threads), "wsgi:app"]
+        with self.log_path.open("wb") as log:
+            # A group of its own: kill() reaches the master and its workers, like a container being killed.
+            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_until(self._healthy, START_TIMEOUT, interval=0.05, message=f"{self.name} answers /healthz")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+        try:
+            return self.session.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def post(self, source: str, body: bytes, *, now: datetime | None = None, timeout: float = 15) -> requests.Response:
+        """POST body to /webhooks/<source>, signed with the source's scheme and first secret at now (the wall clock)."""
+        url = f"{self.url}/webhooks/{source}"
+        headers = signed_request(self.settings, source, body, url, now=now)
+        return self.session.post(url, data=body, headers=headers, timeout=timeout)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send sig to the master and its workers; with SIGKILL, wait until they are gone."""
+        assert self.process is not None, "not running"
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        if sig == signal.SIGKILL:
+            self.process.wait(timeout=STOP_TIMEOUT)
+            self._wait_group_gone()
+            self.process = None
+
+    def restart(self) -> Service:
+        """Start again (on a new port) after kill() or stop()."""
+        if self.process is not None:
+            self.stop()
+        return self.start()
+
+    def stop(self) -> None:
+        """SIGTERM (gunicorn's graceful stop), then SIGKILL whatever is left after STOP_TIMEOUT; idempotent."""
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=STOP_TIMEOUT)
+        with suppress(ProcessLookupError):  # workers that outlived their master
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def _wait_group_gone(self) -> None:
+        assert self.process is not None
+        pgid = self.process.pid
+
+        def gone() -> bool:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_until(gone, STOP_TIMEOUT, message=f"process group {pgid} is gone")
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Return the end of the current run's log (for assertion messages)."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def close(self) -> None:
+        """Stop the service and close the HTTP session."""
+        self.stop()
+        self.session.close()
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def running_service(env: Mapping[str, str], log_dir: Path, **kwargs: Any) -> Iterator[Service]:
+    """Yield a started Service and always tear it down."""
+    service = Service(env, log_dir, **kwargs)
+    try:
+        yield service.start()
+    finally:
+        service.close()
+
+
+def run_cli(env: Mapping[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `flask --app wsgi <args>` from the repository root with env; return the finished process."""
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=dict(env),
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
