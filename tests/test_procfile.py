@@ -1,0 +1,138 @@
+"""The service run exactly as the Procfile says: release twice, gunicorn with two workers on PostgreSQL, SIGTERM
+while events are in flight, a restart, and every accepted event in a final state."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, postgres_url
+from tests.fake_genesys import FakeGenesys
+from tests.servers import (
+    free_port,
+    scratch_postgres,
+    service_env,
+    settings_of,
+    signed_request,
+    wait_until,
+    write_config,
+)
+from webhook.store import FINAL_STATES, Store
+
+pytestmark = pytest.mark.e2e
+WAIT = 60.0
+
+
+def procfile() -> dict[str, str]:
+    """Return the Procfile's process types and their commands."""
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def run(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a Procfile command the way a platform does: a shell in the app's folder, the virtualenv on PATH."""
+    with log.open("ab") as out:
+        return subprocess.Popen(["/bin/sh", "-c", f"exec {command}"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    url = postgres_url()
+    if url is None:
+        pytest.skip("the Procfile test runs on PostgreSQL, as on a PaaS; set TEST_DATABASE_URL "
+                    "(e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    with scratch_postgres(url) as scratch:
+        yield scratch
+
+
+def test_release_twice_then_web_survives_sigterm_with_events_in_flight(pg_url: str, tmp_path: Path) -> None:
+    processes = procfile()
+    assert set(processes) == {"release", "web"}
+    with FakeGenesys() as fake:
+        agents = [f"agent{n}@example.com" for n in range(24)]
+        for agent in agents:
+            fake.start_call(fake.add_user(agent))
+        config = write_config(tmp_path / "webhook.toml", sweep_interval_seconds=0.5, retry_budget_seconds=5,
+                              stale_claim_seconds=11)
+        port = free_port()
+        env = service_env(fake, pg_url.replace("postgresql+psycopg://", "postgres://"), config,
+                          PORT=str(port), WEB_CONCURRENCY="2")
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+
+        releases = [subprocess.run(["/bin/sh", "-c", processes["release"]], cwd=ROOT, env=env, capture_output=True,
+                                   text=True, timeout=60) for _ in range(2)]
+        assert [r.returncode for r in releases] == [0, 0], releases[0].stderr + releases[1].stderr
+        assert "applied: 1" in releases[0].stdout
+        assert "nothing to do" in releases[1].stdout
+
+        settings = settings_of(env)
+        base = f"http://127.0.0.1:{port}"
+        web = run(processes["web"], env, tmp_path / "web.log")
+        accepted: list[int] = []
+        try:
+            wait_until(lambda: healthy(base), 30, interval=0.05, message="web answers /healthz")
+            # Every PATCH takes 2 s: at SIGTERM all 8 threads (2 workers x 4) are mid-PATCH and the rest is queued.
+            fake.slow(2, count=len(agents), path_prefix="/api/v2/conversations/calls/")
+            for n, agent in enumerate(agents):
+                body = json.dumps({"event_id": f"proc-{uuid.uuid4()}", "occurred_at": datetime.now(UTC).isoformat(),
+                                   "ticket": {"id": str(n), "status": "payment_in_progress"},
+                                   "agent": {"email": agent}}).encode()
+                url = f"{base}/webhooks/inhouse"
+                answer = requests.post(url, data=body, headers=signed_request(settings, "inhouse", body, url),
+                                       timeout=10)
+                assert answer.status_code == 202, answer.text
+                accepted.append(answer.json()["accepted"][0]["id"])
+            wait_until(lambda: fake.patches, 10, message="a PATCH is in flight")
+            os.killpg(web.pid, signal.SIGTERM)
+            assert web.wait(timeout=40) == 0, (tmp_path / "web.log").read_text()[-3000:]
+            store = Store.from_url(pg_url)
+            at_stop = [store.get(pk).state for pk in accepted]  # type: ignore[union-attr]
+            # In-flight events finished during the graceful stop; queued ones were handed back as received.
+            assert "applied" in at_stop and "received" in at_stop, at_stop
+            assert set(at_stop) <= {"applied", "received"}, at_stop
+
+            web = run(processes["web"], env, tmp_path / "web.log")
+            wait_until(lambda: healthy(base), 30, interval=0.05, message="web answers /healthz again")
+            records = wait_until(lambda: all_final(store, accepted), WAIT, message="every accepted event is final")
+        finally:
+            with_suppressed_kill(web)
+        store.close()
+    assert {r.state for r in records} == {"applied"}, [(r.id, r.state, r.detail) for r in records]
+    muted = [p for p in fake.patches if p.status == 202]
+    assert len({p.path for p in muted}) == len(agents)  # every agent's own participant, once each at least
+    log = (tmp_path / "web.log").read_text()
+    assert '"logger": "gunicorn.access"' in log and "Handling signal: term" in log
+
+
+def healthy(base: str) -> bool:
+    try:
+        return requests.get(f"{base}/readyz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def all_final(store: Store, ids: list[int]) -> list[object] | None:
+    records = [store.get(pk) for pk in ids]
+    return records if all(r is not None and r.state in FINAL_STATES for r in records) else None  # type: ignore[return-value]
+
+
+def with_suppressed_kill(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
