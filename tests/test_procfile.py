@@ -3,6 +3,7 @@ while events are in flight, a restart, and every accepted event in a final state
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -128,11 +129,10 @@ def all_final(store: Store, ids: list[int]) -> list[object] | None:
 
 
 def with_suppressed_kill(process: subprocess.Popen[bytes]) -> None:
+    """Stop a web process group however it is doing: SIGTERM, then SIGKILL."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
