@@ -200,3 +200,10 @@ def test_an_unusable_signature_id_falls_back_to_the_body_hash(message_id: str) -
     del body["event_id"]
     item = one(body, message_id=message_id)
     assert isinstance(item, TicketEvent) and item.event_id.startswith("sha256:")
+
+
+def test_an_unpaired_surrogate_is_invalid_and_not_quoted_back() -> None:
+    body = b'{"ticket": {"id": "1", "status": "op\\ud800en"}, "agent": {"crm_id": "\\udfff"}}'
+    [item] = parse(body, PRESETS["generic"], envelope(), AGENTS)
+    assert isinstance(item, InvalidItem) and "unpaired surrogate" in item.reason
+    item.reason.encode("utf-8")  # storable

@@ -223,11 +223,21 @@ def _text(item: Any, paths: Sequence[str], name: str) -> str | None:
         text = _scalar_text(value).strip()
         if "\x00" in text:
             raise EventError(f"{name} at {path} contains a NUL character")
+        if not text.isascii() and not _encodable(text):
+            raise EventError(f"{name} at {path} contains an unpaired surrogate (\\ud800-\\udfff); send valid Unicode")
         if len(text) > MAX_FIELD_CHARS:
             raise EventError(f"{name} at {path} is longer than {MAX_FIELD_CHARS} characters")
         if text:
             return text
     return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _scalar_text(value: str | int | float) -> str:
