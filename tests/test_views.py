@@ -198,3 +198,9 @@ def test_errors_are_json_never_html(client: FlaskClient, method: str, path: str,
     response = client.open(path, method=method)
     assert response.status_code == status
     assert response.is_json and "error" in response.json
+
+
+def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_413(signed_post: SignedPost) -> None:
+    at_limit = signed_post("inhouse", b" " * 262144)
+    assert at_limit.status_code == 400 and at_limit.json["error"] == "invalid_event"  # read, signed, not JSON
+    assert signed_post("inhouse", b" " * 262145).status_code == 413

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from webhook import signatures
 from webhook.app_state import get_state
@@ -38,6 +38,8 @@ def receive(source: str) -> tuple[Response, int] | Response:
     if src is None:
         return error(404, "unknown_source", f"no source named {source[:64]!r} is configured")
     body = request.get_data(cache=True)
+    if len(body) > state.settings.max_body_bytes:  # a chunked body is cut one byte past the limit, not refused
+        raise RequestEntityTooLarge
     now = state.clock()
     try:
         verified = signatures.verify(src.scheme, body=body, headers=request.headers, secrets=src.secrets, now=now,
