@@ -43,7 +43,7 @@ def parse_since(value: str | None, now: datetime) -> datetime | None:
         return now - timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
     try:
         return parse_time(value)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except ValueError as exc:
         raise click.BadParameter(f"{value!r} is neither a duration such as 1h or 30d nor an ISO-8601 time") from exc
 
 
@@ -426,7 +426,7 @@ def _export_line(raw: bytes) -> dict[str, Any]:
     for key in ("received_at", "signed_at"):
         try:
             line[key] = parse_time(line[key]) if line.get(key) else None
-        except (TypeError, ValueError, OverflowError) as exc:
+        except ValueError as exc:
             raise ValueError(f"{key} is not a time") from exc
     return line
 

@@ -165,8 +165,7 @@ def _parse_item(
 ) -> TicketEvent | InvalidItem:
     suffix = "" if index is None else f":{index}"
     where = "" if index is None else f"element {index}: "
-    usable = envelope.message_id and len(envelope.message_id) <= MAX_FIELD_CHARS and "\x00" not in envelope.message_id
-    fallback_id = f"{envelope.message_id}{suffix}" if usable else f"sha256:{digest}{suffix}"
+    fallback_id = f"{envelope.message_id}{suffix}" if envelope.message_id else f"sha256:{digest}{suffix}"
     if not isinstance(item, dict):
         return InvalidItem(envelope.source, fallback_id, f"{where}expected a JSON object, got {type(item).__name__}")
     event_id = fallback_id
@@ -185,6 +184,13 @@ def _parse_item(
         )
     except EventError as exc:
         return InvalidItem(envelope.source, event_id, f"{where}{exc}")
+
+
+def usable_message_id(value: str | None) -> str | None:
+    """Return a signature's delivery id if it can serve as an event id and be stored, else None."""
+    if value and len(value) <= MAX_FIELD_CHARS and value.isprintable():
+        return value
+    return None
 
 
 def resolve_agent(value: str, source: str, agents: Mapping[str, str]) -> str:
@@ -266,23 +272,27 @@ def _time(item: Any, paths: Sequence[str]) -> datetime | None:
             continue
         try:
             return parse_time(value)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except ValueError as exc:
             raise EventError(f"occurred_at at {path} is not a time: {exc}") from exc
     return None
 
 
 def parse_time(value: Any) -> datetime:
-    """Parse an ISO-8601 string (any fraction length) or Unix seconds/milliseconds into an aware UTC datetime."""
+    """Parse an ISO-8601 string (any fraction length) or Unix seconds/milliseconds into an aware UTC datetime;
+    ValueError names what is wrong."""
     if isinstance(value, bool):
-        raise TypeError("a boolean is not a time")
+        raise ValueError("a boolean is not a time")
     if isinstance(value, (int, float)) or (isinstance(value, str) and re.fullmatch(r"\d{9,16}(\.\d+)?", value)):
         number = float(value)
         if not math.isfinite(number):
             raise ValueError("not a finite number")
         seconds = number / 1000 if number > 1e11 else number
-        return datetime.fromtimestamp(seconds, tz=UTC)
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError) as exc:
+            raise ValueError(f"{value} is out of the range of dates") from exc
     if not isinstance(value, str):
-        raise TypeError(f"expected an ISO-8601 string or Unix time, got {type(value).__name__}")
+        raise ValueError(f"expected an ISO-8601 string or Unix time, got {type(value).__name__}")
     text = value.strip().replace("z", "Z")
     text = re.sub(r"(\.\d{6})\d+", r"\1", text)  # Zendesk sends nanoseconds; Python keeps microseconds
     parsed = datetime.fromisoformat(text)

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from webhook import signatures
 from webhook.app_state import get_state
 from webhook.errors import SignatureError, StoreError
-from webhook.events import Envelope, InvalidItem, TicketEvent, parse
+from webhook.events import Envelope, InvalidItem, TicketEvent, parse, usable_message_id
 from webhook.metrics import authorized
 from webhook.store import NewEvent
 
@@ -48,7 +48,7 @@ def receive(source: str) -> tuple[Response, int] | Response:
     except SignatureError as exc:
         logger.warning("signature refused: %s", exc, extra={"source": source})
         return error(401, "invalid_signature", str(exc))
-    envelope = Envelope(source, now, verified.signed_at, verified.message_id)
+    envelope = Envelope(source, now, verified.signed_at, usable_message_id(verified.message_id))
     items = parse(body, src.mapping, envelope, state.settings.agents)
     headers = stored_headers(request.headers.items(), src.header)
     try:
@@ -159,6 +159,9 @@ def handle_http_exception(exc: HTTPException) -> tuple[Response, int]:
     detail = exc.description or exc.name or "error"
     if exc.code == 413:
         detail = f"the body is larger than {get_state().settings.max_body_bytes} bytes"
+        response = error(413, code, detail)
+        response[0].headers["Connection"] = "close"  # the rest of the body is unread: do not keep the connection
+        return response
     return error(exc.code or 500, code, detail)
 
 
