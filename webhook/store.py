@@ -29,6 +29,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -39,10 +40,9 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.sql.elements import TextClause
 
 from webhook.errors import StoreError
 
@@ -219,6 +219,8 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._insert_event = self._insert_ignore(events, ["source", "event_id"], returning="id")
+        self._insert_agent = self._insert_ignore(agent_state, ["agent"])
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -280,10 +282,9 @@ class Store:
             "agent": row.agent, "conversation_id": row.conversation_id, "occurred_at": row.occurred_at,
             "received_at": row.received_at, "updated_at": row.received_at, "signed_at": row.signed_at,
             "message_id": row.message_id, "raw_body": row.raw_body,
-            "headers": json.dumps(dict(row.headers), sort_keys=True),
+            "headers": json.dumps(dict(row.headers), sort_keys=True), "action": None, "claimed_at": None,
         }
-        new_id = conn.execute(self._insert_ignore(events, ["source", "event_id"], values).returning(events.c.id))
-        row_id = new_id.scalar()
+        row_id = conn.execute(self._insert_event, values).scalar()
         if row_id is not None:
             return Saved(int(row_id), row.source, row.event_id, False, row.state)
         found = conn.execute(
@@ -291,9 +292,18 @@ class Store:
         ).one()
         return Saved(int(found.id), row.source, row.event_id, True, found.state)
 
-    def _insert_ignore(self, table: Table, keys: list[str], values: Mapping[str, Any]) -> Any:
-        maker = pg_insert if self.dialect == "postgresql" else sqlite_insert
-        return maker(table).values(**values).on_conflict_do_nothing(index_elements=keys)
+    @staticmethod
+    def _insert_ignore(table: Table, keys: list[str], returning: str | None = None) -> TextClause:
+        """INSERT ... ON CONFLICT (keys) DO NOTHING [RETURNING], the same text on SQLite and PostgreSQL.
+
+        Written as typed text because SQLAlchemy does not cache the compiled form of the dialects' own insert
+        constructs: compiling one per webhook cost more than the rest of the intake.
+        """
+        names = [c.name for c in table.columns if not (c.primary_key and c.autoincrement is True)]
+        # Only table and column names of this module go into the text; every value is a bound parameter.
+        sql = (f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "  # noqa: S608
+               f"ON CONFLICT ({', '.join(keys)}) DO NOTHING" + (f" RETURNING {returning}" if returning else ""))
+        return text(sql).bindparams(*(bindparam(n, type_=table.c[n].type) for n in names))
 
     def get(self, event_id: int) -> EventRecord | None:
         """Return one stored event by row id, or None."""
@@ -407,7 +417,7 @@ class Store:
         newer = or_(agent_state.c.occurred_at < occurred_at,
                     and_(agent_state.c.occurred_at == occurred_at, agent_state.c.event <= event_pk))
         with self._tx() as conn:
-            inserted = conn.execute(self._insert_ignore(agent_state, ["agent"], values)).rowcount
+            inserted = conn.execute(self._insert_agent, values).rowcount
             if inserted == 1:
                 return True
             won = conn.execute(update(agent_state).where(agent_state.c.agent == agent, newer).values(**values))
