@@ -128,6 +128,28 @@ agent_state = Table(
 )
 
 
+# The statements of the per-event path, built once: SQLAlchemy then reuses their cache keys and compiled forms.
+_GET = select(events).where(events.c.id == bindparam("pk"))
+_CLAIM = update(events).where(
+    events.c.id == bindparam("pk"),
+    or_(events.c.state.in_(bindparam("states", expanding=True)),
+        and_(events.c.state == "processing", events.c.claimed_at < bindparam("stale", type_=UTCDateTime()))),
+).values(state="processing", claimed_at=bindparam("now", type_=UTCDateTime()),
+         updated_at=bindparam("now", type_=UTCDateTime()))
+_FINISH_CLAIMED = update(events).where(
+    events.c.id == bindparam("pk"), events.c.state == "processing",
+    events.c.claimed_at == bindparam("claimed", type_=UTCDateTime()),
+).values(state=bindparam("new_state"), detail=bindparam("new_detail"), action=bindparam("new_action"),
+         updated_at=bindparam("now", type_=UTCDateTime()), claimed_at=None)
+_ADVANCE = update(agent_state).where(
+    agent_state.c.agent == bindparam("who"),
+    or_(agent_state.c.occurred_at < bindparam("occurred", type_=UTCDateTime()),
+        and_(agent_state.c.occurred_at == bindparam("occurred", type_=UTCDateTime()),
+             agent_state.c.event <= bindparam("pk"))),
+).values(occurred_at=bindparam("occurred", type_=UTCDateTime()), event=bindparam("pk"),
+         updated_at=bindparam("now", type_=UTCDateTime()))
+
+
 @dataclass(frozen=True)
 class NewEvent:
     """A row to insert at intake: a parsed event, or an invalid body with its reason in `detail`."""
@@ -308,7 +330,7 @@ class Store:
     def get(self, event_id: int) -> EventRecord | None:
         """Return one stored event by row id, or None."""
         with self._tx() as conn:
-            row = conn.execute(select(events).where(events.c.id == event_id)).mappings().first()
+            row = conn.execute(_GET, {"pk": event_id}).mappings().first()
         return _record(row) if row else None
 
     def list(
@@ -376,19 +398,19 @@ class Store:
         self, event_pk: int, *, now: datetime, stale_before: datetime, states: Sequence[str] = ("received",)
     ) -> bool:
         """Move an event to processing unless another worker holds a fresh claim; True when this caller won it."""
-        allowed = or_(events.c.state.in_(list(states)),
-                      and_(events.c.state == "processing", events.c.claimed_at < stale_before))
         with self._tx() as conn:
-            result = conn.execute(
-                update(events).where(events.c.id == event_pk, allowed)
-                .values(state="processing", claimed_at=now, updated_at=now)
-            )
+            result = conn.execute(_CLAIM, {"pk": event_pk, "states": list(states), "stale": stale_before, "now": now})
         return result.rowcount == 1
 
     def finish(self, event_pk: int, *, state: str, detail: str, now: datetime, action: str | None = None,
                fields: Mapping[str, Any] | None = None, claimed_at: datetime | None = None) -> bool:
         """Record an event's final state, detail and action (plus re-parsed fields); with claimed_at, only while
         that claim still holds. Return whether the row was written."""
+        if claimed_at is not None and not fields:  # the live path: one statement built once
+            params = {"pk": event_pk, "claimed": claimed_at, "new_state": state, "new_detail": detail[:2000],
+                      "new_action": action, "now": now}
+            with self._tx() as conn:
+                return conn.execute(_FINISH_CLAIMED, params).rowcount == 1
         values = {"state": state, "detail": detail[:2000], "action": action, "updated_at": now, "claimed_at": None}
         values.update(fields or {})
         query = update(events).where(events.c.id == event_pk)
@@ -414,14 +436,12 @@ class Store:
     def advance_agent(self, agent: str, *, occurred_at: datetime, event_pk: int, now: datetime) -> bool:
         """Take the agent's ordering slot for this event unless a newer event has it; True when this event may act."""
         values = {"agent": agent, "occurred_at": occurred_at, "event": event_pk, "updated_at": now}
-        newer = or_(agent_state.c.occurred_at < occurred_at,
-                    and_(agent_state.c.occurred_at == occurred_at, agent_state.c.event <= event_pk))
         with self._tx() as conn:
             inserted = conn.execute(self._insert_agent, values).rowcount
             if inserted == 1:
                 return True
-            won = conn.execute(update(agent_state).where(agent_state.c.agent == agent, newer).values(**values))
-            return won.rowcount == 1
+            params = {"who": agent, "occurred": occurred_at, "pk": event_pk, "now": now}
+            return conn.execute(_ADVANCE, params).rowcount == 1
 
     def agent_slot(self, agent: str) -> tuple[datetime, int] | None:
         """Return (occurred_at, event row id) of the newest event acted on for an agent, or None."""
