@@ -13,7 +13,13 @@ try:
 except ConfigError as exc:
     if os.environ.get("FLASK_RUN_FROM_CLI") != "true":
         raise SystemExit(f"crm-mute-bridge cannot start:\n{exc}") from exc
+    from pathlib import Path
+
     from webhook.cli import setup_app
 
-    print(f"{exc}\n(only `flask --app wsgi init` works until these are fixed)\n", file=sys.stderr)
+    configured = Path(".env").exists() or any(k.endswith("_WEBHOOK_SECRET") for k in os.environ)
+    if configured:
+        print(f"{exc}\n(only `flask --app wsgi init` and `db upgrade` work until these are fixed)\n", file=sys.stderr)
+    else:
+        print("no .env here yet: `flask --app wsgi init` writes one with fresh secrets\n", file=sys.stderr)
     app = setup_app(exc)
