@@ -68,7 +68,7 @@ def test_release_twice_then_web_survives_sigterm_with_events_in_flight(pg_url: s
                               stale_claim_seconds=11)
         port = free_port()
         env = service_env(fake, pg_url.replace("postgresql+psycopg://", "postgres://"), config,
-                          PORT=str(port), WEB_CONCURRENCY="2")
+                          PORT=str(port), WEB_CONCURRENCY="2", METRICS_TOKEN="procfile-metrics-token")
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
         releases = [subprocess.run(["/bin/sh", "-c", processes["release"]], cwd=ROOT, env=env, capture_output=True,
@@ -106,14 +106,24 @@ def test_release_twice_then_web_survives_sigterm_with_events_in_flight(pg_url: s
             web = run(processes["web"], env, tmp_path / "web.log")
             wait_until(lambda: healthy(base), 30, interval=0.05, message="web answers /healthz again")
             records = wait_until(lambda: all_final(store, accepted), WAIT, message="every accepted event is final")
+            # Both workers' counters add up on /metrics (prometheus_client's multiprocess mode).
+            scraped = requests.get(f"{base}/metrics", headers={"Authorization": "Bearer procfile-metrics-token"},
+                                   timeout=5).text
+            finished = metric(scraped, 'webhook_events_finished_total{state="applied"}')
         finally:
             with_suppressed_kill(web)
         store.close()
     assert {r.state for r in records} == {"applied"}, [(r.id, r.state, r.detail) for r in records]
+    assert finished == len(agents) - at_stop.count("applied")  # counted by the processes now running
     muted = [p for p in fake.patches if p.status == 202]
     assert len({p.path for p in muted}) == len(agents)  # every agent's own participant, once each at least
     log = (tmp_path / "web.log").read_text()
     assert '"logger": "gunicorn.access"' in log and "Handling signal: term" in log
+
+
+def metric(text: str, sample: str) -> float:
+    """Return one sample's value from a Prometheus text exposition (0 when absent)."""
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(sample + " ")), 0.0)
 
 
 def healthy(base: str) -> bool:
