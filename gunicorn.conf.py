@@ -13,7 +13,8 @@ from gunicorn.glogging import Logger
 
 os.environ.setdefault("LOG_FORMAT", "json")  # production: one JSON object per line on stdout
 # /metrics adds up every worker's counters through files in this folder (prometheus_client's multiprocess mode).
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="webhook-metrics-"))
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="webhook-metrics-")
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))

@@ -26,10 +26,6 @@ import json
 import math
 import os
 import platform
-import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,18 +43,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.servers import Service, dry_run_env, settings_of  # noqa: E402
 from webhook import signatures  # noqa: E402
 from webhook.config import Settings, secret_variable  # noqa: E402
 from webhook.store import Store  # noqa: E402
 
 CONFIG = ROOT / "config" / "webhook.toml"
 SAMPLES = ROOT / "samples"
-START_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 60.0
 TARGET_RATIO = 0.5  # the service keeps at least half of the bare app's throughput
 TARGET_P99_MS = 25.0  # at the fixed rate, on SQLite
-SCRUBBED = re.compile(r"^(GENESYS_|DATABASE_URL$|WEBHOOK_CONFIG$|PORT$|WEB_CONCURRENCY$|GUNICORN_|FLASK_"
-                      r"|.*_WEBHOOK_SECRET$|PROMETHEUS_MULTIPROC_DIR$)")
 
 
 # ---------------------------------------------------------------- deliveries
@@ -113,83 +107,12 @@ class Deliveries:
 # ---------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """One gunicorn process group on loopback."""
-
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def healthy(self) -> bool:
-        if self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"{self.name} exited with {self.process.returncode}:\n{tail}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-            connection.request("GET", "/healthz")
-            ok = connection.getresponse().status == 200
-            connection.close()
-            return ok
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM the group (gunicorn's graceful stop), SIGKILL what is left after 25 s."""
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-
-@contextmanager
-def serve(name: str, app: str, env: dict[str, str], tmp: Path) -> Iterator[Server]:
-    """Run `gunicorn --config gunicorn.conf.py <app>` from the repository root on a free port; always stop it."""
-    port = free_port()
-    metrics = tmp / f"metrics-{name}"
-    metrics.mkdir()
-    log = tmp / f"{name}.log"
-    command = [str(Path(sys.executable).with_name("gunicorn")), "--config", "gunicorn.conf.py",
-               "-b", f"127.0.0.1:{port}", app]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env | {"PORT": str(port),
-                                                                 "PROMETHEUS_MULTIPROC_DIR": str(metrics)},
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-    server = Server(name, port, process, log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not server.healthy():
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{name} did not answer /healthz within {START_TIMEOUT:.0f} s")
-            time.sleep(0.05)
-        yield server
-    finally:
-        server.stop()
-
-
-def service_env(tmp: Path, workers: int, threads: int) -> dict[str, str]:
-    """The environment of both servers: fresh secrets for every configured source, dry run, SQLite, concurrency."""
+def bench_env(tmp: Path) -> dict[str, str]:
+    """The environment of both servers: fresh secrets for every configured source, dry run, SQLite in tmp."""
     with CONFIG.open("rb") as handle:
         sources = tomllib.load(handle)["sources"]
     secrets = {secret_variable(name): signatures.generate_secret(table["scheme"]) for name, table in sources.items()}
-    base = {k: v for k, v in os.environ.items() if not SCRUBBED.match(k)}
-    return base | secrets | {
-        "GENESYS_DRY_RUN": "true", "GENESYS_REGION": "", "GENESYS_CLIENT_ID": "", "GENESYS_CLIENT_SECRET": "",
-        "DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}", "WEBHOOK_CONFIG": str(CONFIG),
-        "WEB_CONCURRENCY": str(workers), "GUNICORN_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
-    }
+    return dry_run_env(f"sqlite:///{tmp / 'bench.db'}", CONFIG, **secrets)
 
 
 # ---------------------------------------------------------------- load
@@ -319,7 +242,7 @@ class Measured:
     fixed: Result
 
 
-def measure(server: Server, make: Deliveries, args: argparse.Namespace, drain: Store | None) -> Measured:
+def measure(server: Service, make: Deliveries, args: argparse.Namespace, drain: Store | None) -> Measured:
     """Warm up, then the fixed-rate phase, then the closed loop (its backlog cannot spoil the latencies)."""
     lead = 3.0  # seconds between starting to sign a phase's deliveries and its first request
     warm = make.make(200, server.port, datetime.now(UTC))
@@ -436,18 +359,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"load: closed loop {args.concurrency} connections for {args.closed_seconds:g} s; "
           f"open loop {args.rate:g} req/s for {args.seconds:g} s ({int(args.rate * args.seconds)} requests)")
     with kept_or_temporary(args.keep) as tmp:
-        env = service_env(tmp, args.workers, args.threads)
-        settings = Settings.from_env(env, config_path=str(CONFIG))
+        env = bench_env(tmp)
+        settings = settings_of(env)
         make = Deliveries(settings)
         print("bare app ...", flush=True)
-        with serve("bare", "bench.bare_app:app", env, tmp) as server:
-            bare = measure(server, make, args, None)
+        with Service(env, tmp, workers=args.workers, threads=args.threads, name="bare",
+                     app="bench.bare_app:app") as bare_app:
+            bare = measure(bare_app, make, args, None)
         store = Store.from_url(settings.database_url)
-        store.create_schema()
         try:
             print("service ...", flush=True)
-            with serve("service", "wsgi:app", env, tmp) as server:
-                service = measure(server, make, args, store)
+            with Service(env, tmp, workers=args.workers, threads=args.threads, name="service") as receiver:
+                service = measure(receiver, make, args, store)
             final = store.counts()
         finally:
             store.close()

@@ -1,8 +1,8 @@
 """Run the real service (gunicorn with the shipped gunicorn.conf.py) and its commands as subprocesses on loopback.
 
 Used by the end-to-end tests and by bench/. The service reads its settings from the environment built here, exactly
-as on a PaaS: the test secrets, DATABASE_URL, GENESYS_* pointing at a FakeGenesys, and WEBHOOK_CONFIG naming a copy of
-config/webhook.toml with some [processing] knobs changed.
+as on a PaaS: the test secrets, DATABASE_URL, WEBHOOK_CONFIG (the shipped config/webhook.toml or a copy with some
+[processing] knobs changed) and either GENESYS_* pointing at a FakeGenesys or GENESYS_DRY_RUN=true.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tests.conftest import CONFIG, ROOT, SECRETS
 from tests.fake_genesys import FakeGenesys
 from webhook import signatures
 from webhook.config import Settings, database_url
-from webhook.store import Store
+from webhook.store import FINAL_STATES, EventRecord, Store
 
 T = TypeVar("T")
 
@@ -37,7 +37,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 # Variables of the developer's shell that would change what the service under test reads.
 _SCRUBBED = re.compile(r"^(GENESYS_|DATABASE_URL$|WEBHOOK_CONFIG$|PORT$|WEB_CONCURRENCY$|GUNICORN_|FLASK_|LOG_FORMAT$"
-                       r"|LOG_LEVEL$|.*_WEBHOOK_SECRET$)")
+                       r"|LOG_LEVEL$|.*_WEBHOOK_SECRET$|PROMETHEUS_MULTIPROC_DIR$)")
 
 
 def wait_until(predicate: Callable[[], T | None], timeout: float, *, interval: float = 0.02, message: str = "") -> T:
@@ -76,18 +76,30 @@ def write_config(path: Path, **processing: float) -> Path:
     return path
 
 
+def _base_env(db_url: str, config_path: Path | str) -> dict[str, str]:
+    """Return the developer's environment without what would change the service, plus the test secrets and paths."""
+    base = {k: v for k, v in os.environ.items() if not _SCRUBBED.match(k)}
+    return base | SECRETS | {"DATABASE_URL": db_url, "WEBHOOK_CONFIG": str(config_path), "PYTHONUNBUFFERED": "1"}
+
+
 def service_env(fake: FakeGenesys, db_url: str, config_path: Path | str, **extra: str) -> dict[str, str]:
     """Return the environment of a live (not dry-run) service talking to the fake Genesys."""
-    base = {k: v for k, v in os.environ.items() if not _SCRUBBED.match(k)}
-    return base | SECRETS | {
-        "DATABASE_URL": db_url,
-        "WEBHOOK_CONFIG": str(config_path),
+    return _base_env(db_url, config_path) | {
         "GENESYS_DRY_RUN": "false",
         "GENESYS_CLIENT_ID": fake.client_id,
         "GENESYS_CLIENT_SECRET": fake.client_secret,
         "GENESYS_API_URL": fake.url,
         "GENESYS_LOGIN_URL": fake.url,
-        "PYTHONUNBUFFERED": "1",
+    } | extra
+
+
+def dry_run_env(db_url: str, config_path: Path | str = CONFIG, **extra: str) -> dict[str, str]:
+    """Return the environment of a dry-run service: it decides every event but calls no Genesys."""
+    return _base_env(db_url, config_path) | {
+        "GENESYS_DRY_RUN": "true",
+        # Set but empty, so that a stray .env in the repository root cannot add them.
+        "GENESYS_REGION": "", "GENESYS_CLIENT_ID": "", "GENESYS_CLIENT_SECRET": "", "GENESYS_API_URL": "",
+        "GENESYS_LOGIN_URL": "",
     } | extra
 
 
@@ -103,6 +115,14 @@ def signed_request(settings: Settings, source: str, body: bytes, url: str, *,
     headers = signatures.sign(src.scheme, body=body, secret=src.secrets[0], now=now or datetime.now(UTC), url=url,
                               header=src.header)
     return headers | {"Content-Type": "application/json"}
+
+
+def wait_final(store: Store, event_pk: int, timeout: float) -> EventRecord:
+    """Wait until the service's background worker has put the event in a final state; return it."""
+    def done() -> EventRecord | None:
+        record = store.get(event_pk)
+        return record if record is not None and record.state in FINAL_STATES else None
+    return wait_until(done, timeout, message=f"event {event_pk} reaches a final state")
 
 
 def create_schema(db_url: str) -> None:
@@ -130,16 +150,20 @@ def scratch_postgres(url: str) -> Iterator[str]:
 
 
 class Service:
-    """The real service under gunicorn (`gunicorn --config gunicorn.conf.py wsgi:app`) on a free loopback port."""
+    """The real service under gunicorn (`gunicorn --config gunicorn.conf.py wsgi:app`) on a free loopback port.
+
+    `app` runs another WSGI app under the same gunicorn.conf.py instead (bench/ compares with "bench.bare_app:app").
+    """
 
     def __init__(self, env: Mapping[str, str], log_dir: Path, *, workers: int = 1, threads: int = 4,
-                 name: str = "service") -> None:
+                 name: str = "service", app: str = "wsgi:app") -> None:
         self.env = dict(env)
         self.settings = settings_of(env)
         self.log_dir = log_dir
         self.workers = workers
         self.threads = threads
         self.name = name
+        self.app = app
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -161,10 +185,14 @@ class Service:
         create_schema(self.env["DATABASE_URL"])
         self.port, self.starts = free_port(), self.starts + 1
         command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "-b", f"127.0.0.1:{self.port}",
-                   "--workers", str(self.workers), "--threads", str(self.threads), "wsgi:app"]
+                   "--workers", str(self.workers), "--threads", str(self.threads), self.app]
+        # The workers' metrics files beside the log (removed or kept with it), not in gunicorn.conf.py's default.
+        metrics = self.log_dir / f"{self.name}-{self.starts}-metrics"
+        metrics.mkdir(exist_ok=True)
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics)} | self.env
         with self.log_path.open("wb") as log:
             # A group of its own: kill() reaches the master and its workers, like a container being killed.
-            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_until(self._healthy, START_TIMEOUT, interval=0.05, message=f"{self.name} answers /healthz")
@@ -182,11 +210,19 @@ class Service:
         except requests.RequestException:
             return False
 
-    def post(self, source: str, body: bytes, *, now: datetime | None = None, timeout: float = 15) -> requests.Response:
-        """POST body to /webhooks/<source>, signed with the source's scheme and first secret at now (the wall clock)."""
-        url = f"{self.url}/webhooks/{source}"
-        headers = signed_request(self.settings, source, body, url, now=now)
-        return self.session.post(url, data=body, headers=headers, timeout=timeout)
+    def webhook_url(self, source: str) -> str:
+        """Return the URL a sender of `source` posts to."""
+        return f"{self.url}/webhooks/{source}"
+
+    def sign(self, source: str, body: bytes, url: str | None = None, *, now: datetime | None = None) -> dict[str, str]:
+        """Return the headers of body sent to url (default the source's webhook URL), signed at now (the wall clock)."""
+        return signed_request(self.settings, source, body, url or self.webhook_url(source), now=now)
+
+    def post(self, source: str, body: bytes, headers: Mapping[str, str] | None = None, *,
+             now: datetime | None = None, timeout: float = 15) -> requests.Response:
+        """POST body to /webhooks/<source> with headers, by default signed with the source's first secret at now."""
+        headers = self.sign(source, body, now=now) if headers is None else headers
+        return self.session.post(self.webhook_url(source), data=body, headers=headers, timeout=timeout)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send sig to the master and its workers; with SIGKILL, wait until they are gone."""
@@ -241,9 +277,9 @@ class Service:
             return "(no log)"
 
     def close(self) -> None:
-        """Stop the service and close the HTTP session."""
-        self.stop()
+        """Close the HTTP session (its kept-alive connections go before the graceful stop), then stop the service."""
         self.session.close()
+        self.stop()
 
     def __enter__(self) -> Service:
         return self.start()

@@ -35,6 +35,7 @@ from tests.servers import (
     service_env,
     settings_of,
     signed_request,
+    wait_final,
     wait_until,
     write_config,
 )
@@ -42,7 +43,7 @@ from webhook import create_app
 from webhook.cli import freshen
 from webhook.config import Settings
 from webhook.events import PRESETS
-from webhook.store import FINAL_STATES, EventRecord, Store
+from webhook.store import EventRecord, Store
 
 pytestmark = pytest.mark.e2e
 
@@ -101,10 +102,7 @@ def api_calls(log: list[LoggedRequest]) -> list[tuple[str, str, int | None]]:
 
 def final(store: Store, event_pk: int, timeout: float = WAIT) -> EventRecord:
     """Wait until the event reaches a final state and return it."""
-    def done() -> EventRecord | None:
-        record = store.get(event_pk)
-        return record if record is not None and record.state in FINAL_STATES else None
-    return wait_until(done, timeout, message=f"event {event_pk} reaches a final state")
+    return wait_final(store, event_pk, timeout)
 
 
 class Live:
