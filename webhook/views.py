@@ -16,7 +16,7 @@ from webhook.app_state import get_state
 from webhook.errors import SignatureError, StoreError
 from webhook.events import Envelope, InvalidItem, TicketEvent, parse, usable_message_id
 from webhook.metrics import authorized
-from webhook.store import NewEvent
+from webhook.store import NewEvent, Saved
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
@@ -61,7 +61,7 @@ def receive(source: str) -> tuple[Response, int] | Response:
     return answer(saved, [item for item in items if isinstance(item, InvalidItem)])
 
 
-def answer(saved: list[Any], invalid: list[InvalidItem]) -> tuple[Response, int]:
+def answer(saved: list[Saved], invalid: list[InvalidItem]) -> tuple[Response, int]:
     """Build the intake answer: 202 when something new was stored, 200 when all were duplicates, 400 if invalid."""
     accepted = [s for s in saved if not s.duplicate and s.state != "invalid"]
     body: dict[str, Any] = {
