@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +15,8 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from webhook import create_app, signatures
 from webhook.config import Settings, database_url
@@ -75,6 +78,32 @@ def fresh_database(url: str) -> str:
     finally:
         store.close()
     return url
+
+
+@contextmanager
+def scratch_postgres(url: str) -> Iterator[str]:
+    """Yield the URL of a new, empty PostgreSQL database beside `url`'s, dropped afterwards (no shared tables)."""
+    admin = create_engine(database_url(url), isolation_level="AUTOCOMMIT")
+    name = f"e2e_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(database_url(url)).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def scratch_pg_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database of its own for one test (real processes share it); skipped without one."""
+    url = postgres_url()
+    if url is None:
+        pytest.skip(f"this test runs the service on PostgreSQL, as on a PaaS; set {PG_ENV} "
+                    "(e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    with scratch_postgres(url) as scratch:
+        yield scratch
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -22,13 +21,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from tests.conftest import CONFIG, ROOT, SECRETS
 from tests.fake_genesys import FakeGenesys
 from webhook import signatures
-from webhook.config import Settings, database_url
+from webhook.config import Settings
 from webhook.store import FINAL_STATES, EventRecord, Store
 
 T = TypeVar("T")
@@ -132,21 +129,6 @@ def create_schema(db_url: str) -> None:
         store.create_schema()
     finally:
         store.close()
-
-
-@contextmanager
-def scratch_postgres(url: str) -> Iterator[str]:
-    """Yield the URL of a new, empty PostgreSQL database beside `url`'s, dropped afterwards (no shared tables)."""
-    admin = create_engine(database_url(url), isolation_level="AUTOCOMMIT")
-    name = f"e2e_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield make_url(database_url(url)).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class Service:

@@ -25,13 +25,12 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import ROOT, postgres_url
+from tests.conftest import ROOT
 from tests.fake_genesys import REFUSALS, FakeGenesys, LoggedRequest
 from tests.servers import (
     Service,
     run_cli,
     running_service,
-    scratch_postgres,
     service_env,
     settings_of,
     signed_request,
@@ -495,22 +494,12 @@ def test_replay_force_acts_on_an_expired_event(fake: FakeGenesys, tmp_path: Path
     assert replayed_state(live, expired.id) == "applied"
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    url = postgres_url()
-    if url is None:
-        pytest.skip("the two-process test shares one PostgreSQL database; set TEST_DATABASE_URL "
-                    "(e.g. postgresql://postgres@127.0.0.1:5432/test) to run it")
-    with scratch_postgres(url) as scratch:
-        yield scratch
-
-
 def test_two_processes_on_one_postgresql_store_and_patch_each_event_once(fake: FakeGenesys, tmp_path: Path,
-                                                                        pg_url: str) -> None:
+                                                                        scratch_pg_url: str) -> None:
     agents = [f"agent{n}@example.com" for n in range(21)]
     calls = {a: fake.start_call(fake.add_user(a)) for a in agents}
-    env = service_env(fake, pg_url, write_config(tmp_path / "webhook.toml"))
-    store = Store.from_url(pg_url)
+    env = service_env(fake, scratch_pg_url, write_config(tmp_path / "webhook.toml"))
+    store = Store.from_url(scratch_pg_url)
     with running_service(env, tmp_path, name="a") as one, running_service(env, tmp_path, name="b") as two:
         services = (one, two)
         # The same delivery to both at once (a sender retrying against two instances).

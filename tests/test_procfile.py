@@ -10,18 +10,16 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import ROOT, postgres_url
+from tests.conftest import ROOT
 from tests.fake_genesys import FakeGenesys
 from tests.servers import (
     free_port,
-    scratch_postgres,
     service_env,
     settings_of,
     signed_request,
@@ -47,17 +45,8 @@ def run(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    url = postgres_url()
-    if url is None:
-        pytest.skip("the Procfile test runs on PostgreSQL, as on a PaaS; set TEST_DATABASE_URL "
-                    "(e.g. postgresql://postgres@127.0.0.1:5432/test)")
-    with scratch_postgres(url) as scratch:
-        yield scratch
-
-
-def test_release_twice_then_web_survives_sigterm_with_events_in_flight(pg_url: str, tmp_path: Path) -> None:
+def test_release_twice_then_web_survives_sigterm_with_events_in_flight(scratch_pg_url: str,
+                                                                       tmp_path: Path) -> None:
     processes = procfile()
     assert set(processes) == {"release", "web"}
     with FakeGenesys() as fake:
@@ -67,7 +56,7 @@ def test_release_twice_then_web_survives_sigterm_with_events_in_flight(pg_url: s
         config = write_config(tmp_path / "webhook.toml", sweep_interval_seconds=0.5, retry_budget_seconds=5,
                               stale_claim_seconds=11)
         port = free_port()
-        env = service_env(fake, pg_url.replace("postgresql+psycopg://", "postgres://"), config,
+        env = service_env(fake, scratch_pg_url.replace("postgresql+psycopg://", "postgres://"), config,
                           PORT=str(port), WEB_CONCURRENCY="2", METRICS_TOKEN="procfile-metrics-token")
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
@@ -97,7 +86,7 @@ def test_release_twice_then_web_survives_sigterm_with_events_in_flight(pg_url: s
             wait_until(lambda: fake.patches, 10, message="a PATCH is in flight")
             os.killpg(web.pid, signal.SIGTERM)
             assert web.wait(timeout=40) == 0, (tmp_path / "web.log").read_text()[-3000:]
-            store = Store.from_url(pg_url)
+            store = Store.from_url(scratch_pg_url)
             at_stop = [store.get(pk).state for pk in accepted]  # type: ignore[union-attr]
             # In-flight events finished during the graceful stop; queued ones were handed back as received.
             assert "applied" in at_stop and "received" in at_stop, at_stop
