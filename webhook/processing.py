@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 
 from webhook import events as events_mod
@@ -139,7 +139,8 @@ class Processor:
 
     def _event(self, record: EventRecord) -> TicketEvent | InvalidItem:
         """Rebuild the TicketEvent from the stored row; an invalid row is parsed again with today's mapping."""
-        if record.state != "invalid" and record.ticket_id is not None and record.occurred_at is not None:
+        if not _needs_parse(record):
+            assert record.ticket_id is not None and record.occurred_at is not None  # what _needs_parse checked
             return TicketEvent(record.source, record.event_id, record.occurred_at, record.ticket_id,
                                record.status or "", record.previous_status, record.agent or "",
                                record.conversation_id)
@@ -213,10 +214,7 @@ class Processor:
             self.metrics.genesys_requests.labels(str(attempt.status or "none")).inc()
             if attempt.path == TOKEN_PATH:
                 self.metrics.token_fetches.inc()
-            self.store.add_attempt(
-                event_pk, at=self.clock(), method=attempt.method, path=attempt.path, status=attempt.status,
-                code=attempt.code, correlation_id=attempt.correlation_id, duration_ms=attempt.duration_ms,
-                error=attempt.error)
+            self.store.add_attempt(event_pk, at=self.clock(), **asdict(attempt))
         return record
 
 

@@ -308,16 +308,21 @@ def _sign_standard(
 
 
 def _verify_zendesk(request: _Request) -> Verified:
-    received = request.require(ZENDESK_SIGNATURE)
+    signature = _b64_header(request, ZENDESK_SIGNATURE)
     timestamp = request.require(ZENDESK_TIMESTAMP)
-    signature = _b64decode(received)
-    if signature is None:
-        raise SignatureError(f"malformed header {ZENDESK_SIGNATURE}")
     signed_at = _iso_utc(timestamp, request)
     keys = request.keys(_text_key)
     if not _matches(keys, _utf8(timestamp) + request.body, [signature]):
         raise SignatureError("signature mismatch")
     return Verified(signed_at=signed_at, message_id=None)
+
+
+def _b64_header(request: _Request, name: str) -> bytes:
+    """Return the decoded base64 signature header `name`; SignatureError when it is missing or malformed."""
+    signature = _b64decode(request.require(name))
+    if signature is None:
+        raise SignatureError(f"malformed header {name}")
+    return signature
 
 
 def _iso_utc(value: str, request: _Request) -> datetime:
@@ -345,11 +350,8 @@ def _sign_zendesk(
 
 
 def _verify_hubspot(request: _Request) -> Verified:
-    received = request.require(HUBSPOT_SIGNATURE)
+    signature = _b64_header(request, HUBSPOT_SIGNATURE)
     timestamp = request.require(HUBSPOT_TIMESTAMP)
-    signature = _b64decode(received)
-    if signature is None:
-        raise SignatureError(f"malformed header {HUBSPOT_SIGNATURE}")
     signed_at = _unix(timestamp, HUBSPOT_TIMESTAMP, timedelta(milliseconds=1), request)
     keys = request.keys(_text_key)
     message = _hubspot_message(request.method, request.url, request.body, timestamp)
