@@ -84,7 +84,7 @@ def fresh_database(url: str) -> str:
 def scratch_postgres(url: str) -> Iterator[str]:
     """Yield the URL of a new, empty PostgreSQL database beside `url`'s, dropped afterwards (no shared tables)."""
     admin = create_engine(database_url(url), isolation_level="AUTOCOMMIT")
-    name = f"e2e_{uuid.uuid4().hex[:12]}"
+    name = f"scratch_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -106,12 +106,23 @@ def scratch_pg_url() -> Iterator[str]:
         yield scratch
 
 
+@pytest.fixture(scope="session")
+def session_pg_url() -> Iterator[str | None]:
+    """This test run's own PostgreSQL database beside TEST_DATABASE_URL's (so that runs at once never collide)."""
+    url = postgres_url()
+    if url is None:
+        yield None
+        return
+    with scratch_postgres(url) as scratch:
+        yield scratch
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh database of each kind; PostgreSQL is skipped when TEST_DATABASE_URL is not set."""
     if request.param == "sqlite":
         return fresh_database(f"sqlite:///{tmp_path / 'webhook.db'}")
-    url = postgres_url()
+    url = request.getfixturevalue("session_pg_url")
     if url is None:
         pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test)")
     return fresh_database(url)

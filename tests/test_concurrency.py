@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import PG_ENV, T0, Clock, fresh_database, make_settings, postgres_url
+from tests.conftest import PG_ENV, T0, Clock, fresh_database, make_settings
 from webhook import create_app, signatures
 from webhook.store import NewEvent, Store
 
@@ -165,9 +165,9 @@ def test_advance_agent_from_many_threads_never_goes_back_and_ends_on_the_newest(
 # ---------------------------------------------------------------- two processes (PostgreSQL only)
 
 @pytest.fixture
-def pg_url() -> str:
+def pg_url(session_pg_url: str | None) -> str:
     """A fresh PostgreSQL database; two processes sharing one SQLite file is not a supported deployment."""
-    url = postgres_url()
+    url = session_pg_url
     if url is None:
         pytest.skip(f"two-process races need PostgreSQL: set {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test)")
     return fresh_database(url)
