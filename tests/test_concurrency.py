@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import PG_ENV, T0, Clock, fresh_database, make_settings
 from webhook import create_app, signatures
-from webhook.store import NewEvent, Store
+from webhook.store import OURS, NewEvent, Store
 
 T = TypeVar("T")
 THREADS = 8
@@ -132,7 +132,7 @@ def test_takeover_of_a_stale_claim_from_many_threads_has_exactly_one_winner(stor
 def test_advance_agent_from_many_threads_never_goes_back_and_ends_on_the_newest(store: Store) -> None:
     # The slot already holds an event at T0; half the racers are older than it, half newer, and one ties the
     # newest's time with a lower row id (so it may win for a while, but never last).
-    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=100, now=T0)
+    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=100, now=T0) == OURS
     offsets = [-4, 3, -1, 1, -3, 4, -2, 2]
     racers = [(T0 + timedelta(seconds=s), 100 + s) for s in offsets] + [(T0 + timedelta(seconds=4), 50)]
     newest = max(racers)
@@ -147,7 +147,7 @@ def test_advance_agent_from_many_threads_never_goes_back_and_ends_on_the_newest(
     watcher.start()
     try:
         won = race(len(racers), lambda n: store.advance_agent(
-            AGENT, occurred_at=racers[n][0], event_pk=racers[n][1], now=T0))
+            AGENT, occurred_at=racers[n][0], event_pk=racers[n][1], now=T0) == OURS)
     finally:
         done.set()
         watcher.join(TIMEOUT)

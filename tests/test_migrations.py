@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
 
 from tests.conftest import ROOT
-from webhook.migrations import MIGRATIONS, current_version, upgrade
-from webhook.store import Store, metadata
+from webhook.migrations import MIGRATIONS, current_version, schema_versions, upgrade, versions_metadata
+from webhook.store import OURS, Store, metadata
 
 
 @pytest.fixture
@@ -52,8 +53,28 @@ def test_db_upgrade_command_is_idempotent(tmp_path: Path) -> None:
     first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert "database at version 1; applied: 1 (events, attempts and per-agent ordering state)" in first.stdout
-    assert second.returncode == 0 and "database already at version 1; nothing to do" in second.stdout
+    assert ("database at version 2; applied: 1 (events, attempts and per-agent ordering state), "
+            "2 (agent_state: the event acting on an agent now, and until when)") in first.stdout
+    assert second.returncode == 0 and "database already at version 2; nothing to do" in second.stdout
+
+
+def test_a_version_1_database_gets_the_agent_hold_and_keeps_its_rows(empty_store: Store) -> None:
+    t0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    with empty_store.engine.begin() as conn:  # agent_state as version 1 made it: no holder, no held_until
+        conn.execute(text("CREATE TABLE agent_state (agent VARCHAR(512) PRIMARY KEY, "
+                          "occurred_at TIMESTAMP WITH TIME ZONE NOT NULL, event BIGINT NOT NULL, "
+                          "updated_at TIMESTAMP WITH TIME ZONE NOT NULL)"))
+        conn.execute(text("INSERT INTO agent_state VALUES ('jane@example.com', :t, 7, :t)"), {"t": t0})
+        metadata.create_all(conn)  # events and attempts
+        versions_metadata.create_all(conn)
+        conn.execute(schema_versions.insert().values(version=1, description="baseline", applied_at=t0))
+    with empty_store.engine.begin() as conn:
+        applied = upgrade(conn)
+        assert [m.version for m in applied] == [2]
+        assert {"holder", "held_until"} <= {c["name"] for c in inspect(conn).get_columns("agent_state")}
+    assert empty_store.agent_slot("jane@example.com") == (t0, 7)
+    assert empty_store.advance_agent("jane@example.com", occurred_at=t0, event_pk=8, now=t0,
+                                     hold_until=t0 + timedelta(seconds=35)) == OURS
 
 
 def test_db_upgrade_reports_an_unreachable_database_without_its_password(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,7 @@ from webhook.errors import GenesysBadRequestError, GenesysBudgetError, GenesysNo
 from webhook.events import PRESETS
 from webhook.genesys import Attempt, Target
 from webhook.processing import Processor, age_verdict, budget_deadline
-from webhook.store import NewEvent, Store
+from webhook.store import OURS, NewEvent, Store
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 JANE = "jane.agent@example.com"
@@ -231,3 +232,92 @@ def test_a_run_whose_claim_was_taken_over_does_not_overwrite_the_winner(store: S
     assert outcome.new_state == "processing" and outcome.detail.startswith("claim lost")
     record = store.get(event)
     assert record is not None and (record.state, record.detail) == ("applied", "the other worker")
+
+
+# ---------------------------------------------------------------- one event at a time per agent (live)
+
+class Ticking:
+    """A monotonic clock that only the injected sleep moves, recording each wait."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def live(store: Store, clock: Clock, genesys: Any, ticking: Ticking) -> Processor:
+    proc = processor(store, clock, genesys)
+    return Processor(store, proc.settings, genesys, clock=clock, monotonic=ticking, sleep=ticking.sleep)
+
+
+def test_a_newer_event_waits_while_an_older_one_is_acting_on_the_same_agent(store: Store) -> None:
+    older, newer = save(store, event_id="old"), save(store, event_id="new", status="open",
+                                                     previous="payment_in_progress", occurred=T0 + timedelta(seconds=1))
+    clock, ticking, genesys = Clock(T0 + timedelta(seconds=2)), Ticking(), StubGenesys(TARGET)
+    # The older event holds the agent: it is in the middle of its PATCH in another worker.
+    store.claim(older, now=T0, stale_before=T0)
+    store.advance_agent(JANE, occurred_at=T0, event_pk=older, now=T0, hold_until=T0 + timedelta(seconds=35))
+
+    def older_finishes(seconds: float) -> None:
+        Ticking.sleep(ticking, seconds)
+        if len(ticking.sleeps) == 3:
+            store.finish(older, state="applied", detail="muted", now=clock(), claimed_at=T0, release_agent=JANE)
+
+    ticking.sleep = older_finishes  # type: ignore[method-assign]
+    outcome = live(store, clock, genesys, ticking).process(newer)
+    assert outcome.new_state == "applied" and genesys.calls[-1] == ("patch", ("part-9", False))
+    assert ticking.sleeps == [0.05] * 3  # it looked again until the older event had finished, then acted
+
+
+def test_a_newer_event_kept_waiting_past_its_budget_fails_and_says_why(store: Store) -> None:
+    older, newer = save(store, event_id="old"), save(store, event_id="new", occurred=T0 + timedelta(seconds=1))
+    store.advance_agent(JANE, occurred_at=T0, event_pk=older, now=T0, hold_until=T0 + timedelta(hours=1))
+    clock, ticking, genesys = Clock(T0 + timedelta(seconds=2)), Ticking(), StubGenesys(TARGET)
+    outcome = live(store, clock, genesys, ticking).process(newer)
+    assert outcome.new_state == "failed" and genesys.calls == []
+    assert outcome.detail == (f"another event for {JANE} was still changing the microphone when this event's retry "
+                              "budget ran out; replay it if it must still be applied")
+    assert 29.9 <= sum(ticking.sleeps) <= 30.0 + 1e-9  # the 30 s retry budget, never more
+
+
+@pytest.mark.parametrize("errors", [[], [GenesysBadRequestError("no", status=400, code="not.a.user")]],
+                         ids=["applied", "failed"])
+def test_an_event_frees_the_agent_when_it_finishes(store: Store, errors: list[Exception]) -> None:
+    clock, ticking = Clock(T0 + timedelta(seconds=2)), Ticking()
+    live(store, clock, StubGenesys(TARGET, errors), ticking).process(save(store, event_id="first"))
+    assert store.advance_agent(JANE, occurred_at=T0 + timedelta(seconds=1), event_pk=99, now=clock()) == OURS
+
+
+def test_two_workers_never_patch_one_agent_out_of_order(store: Store) -> None:
+    older, newer = save(store, event_id="old"), save(store, event_id="new", status="open",
+                                                     previous="payment_in_progress", occurred=T0 + timedelta(seconds=1))
+    clock = Clock(T0 + timedelta(seconds=2))
+    patches: list[bool] = []
+    older_patching, newer_waited = threading.Event(), threading.Event()
+
+    class Recording(StubGenesys):
+        def set_muted(self, target: Target, muted: bool, *, deadline: float, record: Any = None) -> None:
+            if muted:  # the older event's mute: hold it mid-PATCH until the newer one has had to wait
+                older_patching.set()
+                assert newer_waited.wait(10)
+            patches.append(muted)
+
+    slow = Processor(store, live(store, clock, StubGenesys(), Ticking()).settings, Recording(TARGET), clock=clock)
+    first = threading.Thread(target=slow.process, args=(older,))
+
+    def waiting(seconds: float) -> None:  # the newer event found the agent held: let the older one finish
+        newer_waited.set()
+        first.join(10)
+
+    fast = Processor(store, slow.settings, Recording(TARGET), clock=clock, sleep=waiting)
+    first.start()
+    assert older_patching.wait(10)
+    outcome = fast.process(newer)  # waits (sleep) until the older event has finished its PATCH
+    assert patches == [True, False]  # the newer unmute lands last, so the agent ends unmuted
+    assert outcome.new_state == "applied"

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from tests.conftest import T0
 from webhook.config import database_url
 from webhook.errors import StoreError
-from webhook.store import NewEvent, Saved, Store, attempts
+from webhook.store import BUSY, OLDER, OURS, NewEvent, Saved, Store, attempts
 
 AGENT = "jane.agent@example.com"
 STALE = timedelta(seconds=60)
@@ -274,19 +274,50 @@ def test_release_hands_a_claimed_event_back_and_leaves_others_alone(store: Store
 ], ids=["newer", "newer-by-1us-lower-id", "older", "older-by-1us-higher-id", "tie-higher-id", "tie-lower-id",
         "same-event-replayed", "tie-in-another-zone-higher-id", "tie-in-another-zone-lower-id"])
 def test_advance_agent_against_a_held_slot(store: Store, occurred: datetime, event_pk: int, wins: bool) -> None:
-    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=10, now=T0) is True
-    assert store.advance_agent(AGENT, occurred_at=occurred, event_pk=event_pk, now=T0) is wins
+    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=10, now=T0) == OURS
+    assert store.advance_agent(AGENT, occurred_at=occurred, event_pk=event_pk, now=T0) == (OURS if wins else OLDER)
     assert store.agent_slot(AGENT) == ((occurred, event_pk) if wins else (T0, 10))
 
 
 def test_first_event_for_an_agent_wins_and_agents_are_independent(store: Store) -> None:
     assert store.agent_slot(AGENT) is None
-    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=10, now=T0) is True
-    assert store.advance_agent("omar.agent@example.com", occurred_at=T0 - timedelta(hours=1), event_pk=2, now=T0)
+    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=10, now=T0) == OURS
+    omar = "omar.agent@example.com"
+    assert store.advance_agent(omar, occurred_at=T0 - timedelta(hours=1), event_pk=2, now=T0) == OURS
     assert store.agent_slot(AGENT) == (T0, 10)
     assert store.agent_slot("omar.agent@example.com") == (T0 - timedelta(hours=1), 2)
     slot = store.agent_slot(AGENT)
     assert slot is not None and slot[0].tzinfo is UTC
+
+
+def test_a_held_slot_keeps_newer_events_waiting_until_it_is_freed_or_expires(store: Store) -> None:
+    until = T0 + timedelta(seconds=35)
+    [held] = store.save([new("held")])
+    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=held.id, now=T0, hold_until=until) == OURS
+    newer = {"occurred_at": T0 + timedelta(seconds=1), "event_pk": held.id + 1}
+    # While the older event acts, a newer one waits (BUSY), an older one is still refused (OLDER), and the holder
+    # itself (taken over by the sweeper after a crash) may go on.
+    assert store.advance_agent(AGENT, **newer, now=T0 + timedelta(seconds=2), hold_until=until) == BUSY
+    assert store.advance_agent(AGENT, occurred_at=T0 - timedelta(seconds=1), event_pk=1, now=T0) == OLDER
+    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=held.id, now=T0, hold_until=until) == OURS
+    assert store.agent_slot(AGENT) == (T0, held.id)
+    # finish(release_agent=...) frees the slot with the event's final state, in one transaction.
+    store.claim(held.id, now=T0, stale_before=T0)
+    assert store.finish(held.id, state="applied", detail="ok", now=T0, claimed_at=T0, release_agent=AGENT)
+    assert store.advance_agent(AGENT, **newer, now=T0 + timedelta(seconds=3), hold_until=until) == OURS
+    # A holder that never finishes (its process died) frees the agent when its hold runs out.
+    later = {"occurred_at": T0 + timedelta(seconds=9), "event_pk": held.id + 2}
+    assert store.advance_agent(AGENT, **later, now=until, hold_until=until + timedelta(seconds=35)) == BUSY
+    assert store.advance_agent(AGENT, **later, now=until + timedelta(microseconds=1)) == OURS
+    assert store.agent_slot(AGENT) == (later["occurred_at"], later["event_pk"])
+
+
+def test_releasing_needs_the_holder(store: Store) -> None:
+    [one] = store.save([new("one")])
+    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=one.id, now=T0, hold_until=T0 + timedelta(hours=1)) \
+        == OURS
+    store.finish(one.id + 1, state="failed", detail="x", now=T0, release_agent=AGENT)  # not the holder: no effect
+    assert store.advance_agent(AGENT, occurred_at=T0 + timedelta(seconds=1), event_pk=one.id + 1, now=T0) == BUSY
 
 
 # ---------------------------------------------------------------- the sweeper's query

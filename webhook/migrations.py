@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, inspect, select, text
 from sqlalchemy.engine import Connection
 
+from webhook.store import agent_state
 from webhook.store import metadata as store_metadata
 
 versions_metadata = MetaData()
@@ -43,9 +44,20 @@ def _baseline(conn: Connection) -> None:
     store_metadata.create_all(conn)
 
 
+def _agent_hold(conn: Connection) -> None:
+    """Version 2: agent_state.holder and held_until, so that two events never act on one agent at once."""
+    present = {c["name"] for c in inspect(conn).get_columns("agent_state")}
+    for name in ("holder", "held_until"):
+        if name not in present:  # a database made before versioning got today's columns from step 1
+            column = agent_state.c[name]
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE agent_state ADD COLUMN {name} {kind}"))
+
+
 # Append new steps here (never edit an applied one); change webhook/store.py's tables in the same commit.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, attempts and per-agent ordering state", _baseline),
+    Migration(2, "agent_state: the event acting on an agent now, and until when", _agent_hold),
 )
 
 

@@ -15,11 +15,15 @@ from webhook.events import Envelope, InvalidItem, TicketEvent
 from webhook.genesys import PARTICIPANT_RULE_CODES, TOKEN_PATH, Attempt, GenesysClient, Target, explain
 from webhook.metrics import Metrics
 from webhook.rules import decide
-from webhook.store import EventRecord, Store
+from webhook.store import BUSY, OLDER, OURS, EventRecord, Store
 
 logger = logging.getLogger(__name__)
 
 REPLAYABLE = ("received", "applied", "skipped", "no_call", "expired", "failed", "dry_run", "invalid")
+# An agent's hold lasts past the holder's deadline by this much (its last request's read timeout ends by then), so
+# that a crashed holder frees the agent on its own; the sweeper's stale claim (> budget + 5 s) comes after it.
+HOLD_MARGIN_SECONDS = 5.0
+AGENT_WAIT_SECONDS = 0.05  # how often an event waiting for another event of the same agent looks again
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Plan:
     action: str
     state: str | None
     detail: str
+    held: str | None = None  # the agent whose slot this event holds while it acts (freed when it finishes)
 
 
 def age_verdict(occurred_at: datetime, now: datetime, max_age: float) -> str | None:
@@ -71,6 +76,7 @@ class Processor:
         *,
         clock: Callable[[], datetime],
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         metrics: Metrics | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
@@ -79,6 +85,7 @@ class Processor:
         self.genesys = genesys
         self.clock = clock
         self.monotonic = monotonic
+        self.sleep = sleep
 
     def process(self, event_pk: int, *, states: tuple[str, ...] = ("received",), force: bool = False) -> Outcome:
         """Claim the event and carry it to a final state; the outcome says what happened and why."""
@@ -93,15 +100,16 @@ class Processor:
             return Outcome(event_pk, before.action, before.state, state,
                            f"not processed: the event is {state} and another worker may hold it")
         try:
-            action, state, detail, fields = self._run(before, now, force)
+            action, state, detail, fields, held = self._run(before, now, force)
         except StoreError:
             raise
         except Exception:
             logger.exception("processing failed", extra={"event": event_pk})
             action, state, detail, fields = None, "failed", "internal error while processing; see the service log", {}
+            held = (before.agent or "").lower() or None  # free a hold this event may have taken
         finished = self.clock()
         if not self.store.finish(event_pk, state=state, detail=detail, action=action, now=finished, fields=fields,
-                                 claimed_at=now):
+                                 claimed_at=now, release_agent=held):
             logger.warning("claim lost while processing; another worker finished the event",
                            extra={"event": event_pk, "state": state})
             return Outcome(event_pk, action, before.state, "processing", f"claim lost; {detail}")
@@ -123,19 +131,24 @@ class Processor:
         state = plan.state or "would act"
         return Outcome(event_pk, plan.action, record.state, state, plan.detail)
 
-    def _run(self, record: EventRecord, now: datetime, force: bool) -> tuple[str | None, str, str, dict[str, object]]:
+    def _run(self, record: EventRecord, now: datetime,
+             force: bool) -> tuple[str | None, str, str, dict[str, object], str | None]:
         event = self._event(record)
         if isinstance(event, InvalidItem):
-            return None, "invalid", event.reason, {}
+            return None, "invalid", event.reason, {}, None
         fields = self._reparsed_fields(record, event)
-        plan = self._plan(event, record.id, now, force, write=True)
+        live = self.genesys is not None and not self.settings.genesys.dry_run
+        deadline = budget_deadline(self.monotonic(), budget=self.settings.retry_budget_seconds,
+                                   occurred_at=event.occurred_at, now=now,
+                                   max_age=self.settings.max_event_age_seconds, force=force) if live else None
+        plan = self._plan(event, record.id, now, force, write=True, deadline=deadline)
         if plan.state is not None:
-            return plan.action, plan.state, plan.detail, fields
-        if self.genesys is None or self.settings.genesys.dry_run:
+            return plan.action, plan.state, plan.detail, fields, plan.held
+        if deadline is None:
             detail = f"would {plan.detail}; dry run (GENESYS_DRY_RUN=true): no request made"
-            return plan.action, "dry_run", detail, fields
-        state, detail = self._act(record.id, event, plan, now, force)
-        return plan.action, state, detail, fields
+            return plan.action, "dry_run", detail, fields, None
+        state, detail = self._act(record.id, event, plan, deadline)
+        return plan.action, state, detail, fields, plan.held
 
     def _event(self, record: EventRecord) -> TicketEvent | InvalidItem:
         """Rebuild the TicketEvent from the stored row; an invalid row is parsed again with today's mapping."""
@@ -162,7 +175,9 @@ class Processor:
         return {"ticket_id": event.ticket_id, "status": event.status, "previous_status": event.previous_status,
                 "agent": event.agent, "conversation_id": event.conversation_id, "occurred_at": event.occurred_at}
 
-    def _plan(self, event: TicketEvent, event_pk: int, now: datetime, force: bool, *, write: bool) -> Plan:
+    def _plan(self, event: TicketEvent, event_pk: int, now: datetime, force: bool, *, write: bool,
+              deadline: float | None = None) -> Plan:
+        """Decide; with write, take the agent's ordering slot (held until finish when deadline is given: live)."""
         decision = decide(self.settings.rules, event)
         if decision.action == "none":
             reason = f"{decision.detail} says none" if decision.rule else decision.detail
@@ -173,23 +188,37 @@ class Processor:
         too_old = age_verdict(event.occurred_at, now, self.settings.max_event_age_seconds)
         if too_old:
             return Plan(decision.action, "expired", too_old)
-        if not self._in_order(event, event_pk, now, write):
+        agent = event.agent.lower()  # e-mails and UUIDs are case-insensitive: one slot per agent
+        slot = self._take_slot(agent, event, event_pk, now, deadline) if write else self._slot(agent, event, event_pk)
+        if slot == OLDER:
             return Plan(decision.action, "skipped",
                         f"a newer event for {event.agent} was already acted on; this older one would undo it")
-        return Plan(decision.action, None, target)
+        if slot == BUSY:
+            return Plan(decision.action, "failed",
+                        f"another event for {event.agent} was still changing the microphone when this event's "
+                        "retry budget ran out; replay it if it must still be applied")
+        return Plan(decision.action, None, target, held=agent if deadline is not None else None)
 
-    def _in_order(self, event: TicketEvent, event_pk: int, now: datetime, write: bool) -> bool:
-        agent = event.agent.lower()  # e-mails and UUIDs are case-insensitive: one slot per agent
-        if write:
-            return self.store.advance_agent(agent, occurred_at=event.occurred_at, event_pk=event_pk, now=now)
+    def _take_slot(self, agent: str, event: TicketEvent, event_pk: int, now: datetime, deadline: float | None) -> str:
+        """Advance the agent's slot; live, hold it while acting, waiting (within the deadline) for another holder."""
+        while True:
+            until = None
+            if deadline is not None:
+                until = now + timedelta(seconds=max(deadline - self.monotonic(), 0.0) + HOLD_MARGIN_SECONDS)
+            slot = self.store.advance_agent(agent, occurred_at=event.occurred_at, event_pk=event_pk, now=now,
+                                            hold_until=until)
+            if slot != BUSY or deadline is None or self.monotonic() + AGENT_WAIT_SECONDS >= deadline:
+                return slot
+            self.sleep(AGENT_WAIT_SECONDS)
+            now = self.clock()
+
+    def _slot(self, agent: str, event: TicketEvent, event_pk: int) -> str:
+        """What advance_agent would say, without writing (a preview does not wait for a holder)."""
         slot = self.store.agent_slot(agent)
-        return slot is None or slot <= (event.occurred_at, event_pk)
+        return OLDER if slot is not None and slot > (event.occurred_at, event_pk) else OURS
 
-    def _act(self, event_pk: int, event: TicketEvent, plan: Plan, now: datetime, force: bool) -> tuple[str, str]:
+    def _act(self, event_pk: int, event: TicketEvent, plan: Plan, deadline: float) -> tuple[str, str]:
         assert self.genesys is not None
-        deadline = budget_deadline(self.monotonic(), budget=self.settings.retry_budget_seconds,
-                                   occurred_at=event.occurred_at, now=now,
-                                   max_age=self.settings.max_event_age_seconds, force=force)
         record = self._recorder(event_pk)
         muted = plan.action == "mute"
         try:

@@ -125,6 +125,10 @@ agent_state = Table(
     Column("occurred_at", UTCDateTime(), nullable=False),
     Column("event", Id, nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # The event acting on this agent's microphone right now, and until when its hold lasts (a crash frees it then):
+    # two events for one agent never call Genesys at once, so an older PATCH can never land after a newer one.
+    Column("holder", Id),
+    Column("held_until", UTCDateTime()),
 )
 
 
@@ -146,8 +150,19 @@ _ADVANCE = update(agent_state).where(
     or_(agent_state.c.occurred_at < bindparam("occurred", type_=UTCDateTime()),
         and_(agent_state.c.occurred_at == bindparam("occurred", type_=UTCDateTime()),
              agent_state.c.event <= bindparam("pk"))),
+    or_(agent_state.c.holder.is_(None), agent_state.c.holder == bindparam("pk"),
+        agent_state.c.held_until < bindparam("now", type_=UTCDateTime())),
 ).values(occurred_at=bindparam("occurred", type_=UTCDateTime()), event=bindparam("pk"),
-         updated_at=bindparam("now", type_=UTCDateTime()))
+         updated_at=bindparam("now", type_=UTCDateTime()), holder=bindparam("holder"),
+         held_until=bindparam("until", type_=UTCDateTime()))
+_SLOT = select(agent_state.c.occurred_at, agent_state.c.event).where(agent_state.c.agent == bindparam("who"))
+_RELEASE = update(agent_state).where(
+    agent_state.c.agent == bindparam("who"), agent_state.c.holder == bindparam("pk"),
+).values(holder=None, held_until=None)
+
+# What advance_agent says: this event owns the agent's slot; a newer event owns it (skip this one); or another
+# event is acting on the agent now (wait for it).
+OURS, OLDER, BUSY = "ours", "older", "busy"
 
 
 @dataclass(frozen=True)
@@ -403,20 +418,24 @@ class Store:
         return result.rowcount == 1
 
     def finish(self, event_pk: int, *, state: str, detail: str, now: datetime, action: str | None = None,
-               fields: Mapping[str, Any] | None = None, claimed_at: datetime | None = None) -> bool:
+               fields: Mapping[str, Any] | None = None, claimed_at: datetime | None = None,
+               release_agent: str | None = None) -> bool:
         """Record an event's final state, detail and action (plus re-parsed fields); with claimed_at, only while
-        that claim still holds. Return whether the row was written."""
-        if claimed_at is not None and not fields:  # the live path: one statement built once
-            params = {"pk": event_pk, "claimed": claimed_at, "new_state": state, "new_detail": detail[:2000],
-                      "new_action": action, "now": now}
-            with self._tx() as conn:
-                return conn.execute(_FINISH_CLAIMED, params).rowcount == 1
-        values = {"state": state, "detail": detail[:2000], "action": action, "updated_at": now, "claimed_at": None}
-        values.update(fields or {})
-        query = update(events).where(events.c.id == event_pk)
-        if claimed_at is not None:
-            query = query.where(events.c.state == "processing", events.c.claimed_at == claimed_at)
+        that claim still holds; with release_agent, free the hold this event took on that agent's slot, in the same
+        transaction. Return whether the event's row was written."""
         with self._tx() as conn:
+            if release_agent is not None:
+                conn.execute(_RELEASE, {"who": release_agent, "pk": event_pk})
+            if claimed_at is not None and not fields:  # the live path: one statement built once
+                params = {"pk": event_pk, "claimed": claimed_at, "new_state": state, "new_detail": detail[:2000],
+                          "new_action": action, "now": now}
+                return conn.execute(_FINISH_CLAIMED, params).rowcount == 1
+            values = {"state": state, "detail": detail[:2000], "action": action, "updated_at": now,
+                      "claimed_at": None}
+            values.update(fields or {})
+            query = update(events).where(events.c.id == event_pk)
+            if claimed_at is not None:
+                query = query.where(events.c.state == "processing", events.c.claimed_at == claimed_at)
             return conn.execute(query.values(**values)).rowcount == 1
 
     def release(self, event_pk: int, *, now: datetime) -> None:
@@ -433,21 +452,28 @@ class Store:
                 event=event_pk, at=at, method=method, path=path[:512], status=status, code=code,
                 correlation_id=correlation_id, duration_ms=duration_ms, error=error))
 
-    def advance_agent(self, agent: str, *, occurred_at: datetime, event_pk: int, now: datetime) -> bool:
-        """Take the agent's ordering slot for this event unless a newer event has it; True when this event may act."""
-        values = {"agent": agent, "occurred_at": occurred_at, "event": event_pk, "updated_at": now}
+    def advance_agent(self, agent: str, *, occurred_at: datetime, event_pk: int, now: datetime,
+                      hold_until: datetime | None = None) -> str:
+        """Take the agent's ordering slot for this event, in one conditional statement, unless a newer event has it
+        (OLDER) or another event holds it while it acts on Genesys (BUSY); OURS when this event may act. With
+        hold_until, this event also holds the slot until then, or until finish(release_agent=...) frees it."""
+        holder = event_pk if hold_until is not None else None
+        values = {"agent": agent, "occurred_at": occurred_at, "event": event_pk, "updated_at": now,
+                  "holder": holder, "held_until": hold_until}
         with self._tx() as conn:
-            inserted = conn.execute(self._insert_agent, values).rowcount
-            if inserted == 1:
-                return True
-            params = {"who": agent, "occurred": occurred_at, "pk": event_pk, "now": now}
-            return conn.execute(_ADVANCE, params).rowcount == 1
+            if conn.execute(self._insert_agent, values).rowcount == 1:
+                return OURS
+            params = {"who": agent, "occurred": occurred_at, "pk": event_pk, "now": now, "holder": holder,
+                      "until": hold_until}
+            if conn.execute(_ADVANCE, params).rowcount == 1:
+                return OURS
+            slot = conn.execute(_SLOT, {"who": agent}).one()
+        return OLDER if (slot.occurred_at, int(slot.event)) > (occurred_at, event_pk) else BUSY
 
     def agent_slot(self, agent: str) -> tuple[datetime, int] | None:
         """Return (occurred_at, event row id) of the newest event acted on for an agent, or None."""
         with self._tx() as conn:
-            row = conn.execute(select(agent_state.c.occurred_at, agent_state.c.event)
-                               .where(agent_state.c.agent == agent)).first()
+            row = conn.execute(_SLOT, {"who": agent}).first()
         return (row[0], int(row[1])) if row else None
 
     def pending(self, *, received_before: datetime, stale_before: datetime, limit: int = 100) -> builtins.list[int]:
