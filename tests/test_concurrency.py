@@ -114,7 +114,7 @@ def test_overlapping_batches_in_different_orders_are_all_stored(store: Store) ->
 
 def test_claim_from_many_threads_has_exactly_one_winner(store: Store) -> None:
     [saved] = store.save([row()])
-    results = race(THREADS, lambda n: store.claim(saved.id, now=T0, stale_before=T0 - STALE))
+    results = race(THREADS, lambda n: store.claim(saved.id, now=T0, stale_before=T0 - STALE) is not None)
     assert results.count(True) == 1
     assert store.get(saved.id).state == "processing"  # type: ignore[union-attr]
 
@@ -124,7 +124,7 @@ def test_takeover_of_a_stale_claim_from_many_threads_has_exactly_one_winner(stor
     assert store.claim(saved.id, now=T0, stale_before=T0 - STALE)
     later = T0 + timedelta(minutes=5)
     results = race(THREADS, lambda n: store.claim(saved.id, now=later + timedelta(microseconds=n),
-                                                   stale_before=later - STALE))
+                                                   stale_before=later - STALE) is not None)
     assert results.count(True) == 1
     assert store.get(saved.id).claimed_at == later + timedelta(microseconds=results.index(True))  # type: ignore
 

@@ -203,23 +203,26 @@ def test_a_naive_datetime_is_refused_as_a_bug_not_an_outage(store: Store, call: 
 
 def test_claim_moves_received_to_processing_once(store: Store) -> None:
     pk = save_one(store, new("evt_1"))
-    assert store.claim(pk, now=T0, stale_before=T0 - STALE) is True
-    assert store.claim(pk, now=T0, stale_before=T0 - STALE) is False
+    won = store.claim(pk, now=T0, stale_before=T0 - STALE)
+    assert won is not None and (won.id, won.event_id, won.state, won.claimed_at) == (pk, "evt_1", "received", T0)
+    assert store.claim(pk, now=T0, stale_before=T0 - STALE) is None
     record = store.get(pk)
     assert record is not None and (record.state, record.claimed_at, record.updated_at) == ("processing", T0, T0)
+    assert record.detail == "claimed from received"  # what `events show` says while it is processed
 
 
-def test_claim_of_a_missing_event_is_false(store: Store) -> None:
-    assert store.claim(999_999, now=T0, stale_before=T0 - STALE) is False
+def test_claim_of_a_missing_event_is_none(store: Store) -> None:
+    assert store.claim(999_999, now=T0, stale_before=T0 - STALE) is None
 
 
 def test_a_stale_claim_is_taken_over_and_a_fresh_one_is_not(store: Store) -> None:
     pk = save_one(store, new("evt_1"))
     assert store.claim(pk, now=T0, stale_before=T0 - STALE)
     later = T0 + STALE
-    assert store.claim(pk, now=later, stale_before=later - STALE) is False  # claimed exactly at the limit: fresh
+    assert store.claim(pk, now=later, stale_before=later - STALE) is None  # claimed exactly at the limit: fresh
     much_later = T0 + STALE + timedelta(microseconds=1)
-    assert store.claim(pk, now=much_later, stale_before=much_later - STALE) is True
+    taken = store.claim(pk, now=much_later, stale_before=much_later - STALE)
+    assert taken is not None and taken.state == "processing"  # taken over from a worker that stopped
     assert store.get(pk).claimed_at == much_later  # type: ignore[union-attr]
 
 
@@ -228,9 +231,10 @@ def test_claim_for_replay_takes_only_the_states_asked_for(store: Store) -> None:
     for saved, state in ((failed, "failed"), (dry, "dry_run")):
         assert store.claim(saved.id, now=T0, stale_before=T0 - STALE)
         store.finish(saved.id, state=state, detail="x", now=T0)
-    assert store.claim(failed.id, now=T0, stale_before=T0 - STALE) is False
-    assert store.claim(dry.id, now=T0, stale_before=T0 - STALE, states=("failed",)) is False
-    assert store.claim(failed.id, now=T0, stale_before=T0 - STALE, states=("failed",)) is True
+    assert store.claim(failed.id, now=T0, stale_before=T0 - STALE) is None
+    assert store.claim(dry.id, now=T0, stale_before=T0 - STALE, states=("failed",)) is None
+    replayed = store.claim(failed.id, now=T0, stale_before=T0 - STALE, states=("failed",))
+    assert replayed is not None and replayed.state == "failed"
     assert store.get(failed.id).state == "processing"  # type: ignore[union-attr]
 
 
@@ -256,7 +260,7 @@ def test_release_hands_a_claimed_event_back_and_leaves_others_alone(store: Store
         store.release(pk, now=T0 + timedelta(seconds=1))
     assert [(r.event_id, r.state, r.claimed_at) for r in store.list()] == [
         ("evt_final", "applied", None), ("evt_claimed", "received", None)]
-    assert store.claim(claimed.id, now=T0, stale_before=T0 - STALE) is True
+    assert store.claim(claimed.id, now=T0, stale_before=T0 - STALE) is not None
 
 
 # ---------------------------------------------------------------- agent ordering

@@ -90,15 +90,14 @@ class Processor:
     def process(self, event_pk: int, *, states: tuple[str, ...] = ("received",), force: bool = False) -> Outcome:
         """Claim the event and carry it to a final state; the outcome says what happened and why."""
         now = self.clock()
-        before = self.store.get(event_pk)
-        if before is None:
-            return Outcome(event_pk, None, "missing", "missing", f"no event with id {event_pk}")
         stale = now - timedelta(seconds=self.settings.stale_claim_seconds)
-        if not self.store.claim(event_pk, now=now, stale_before=stale, states=states):
+        before = self.store.claim(event_pk, now=now, stale_before=stale, states=states)
+        if before is None:
             current = self.store.get(event_pk)
-            state = current.state if current else "missing"
-            return Outcome(event_pk, before.action, before.state, state,
-                           f"not processed: the event is {state} and another worker may hold it")
+            if current is None:
+                return Outcome(event_pk, None, "missing", "missing", f"no event with id {event_pk}")
+            return Outcome(event_pk, current.action, current.state, current.state,
+                           f"not processed: the event is {current.state} and another worker may hold it")
         try:
             action, state, detail, fields, held = self._run(before, now, force)
         except StoreError:

@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -132,6 +133,8 @@ agent_state = Table(
 )
 
 
+CLAIMED_FROM = "claimed from "  # the detail of an event while it is processing: "claimed from received"
+
 # The statements of the per-event path, built once: SQLAlchemy then reuses their cache keys and compiled forms.
 _GET = select(events).where(events.c.id == bindparam("pk"))
 _CLAIM = update(events).where(
@@ -139,7 +142,9 @@ _CLAIM = update(events).where(
     or_(events.c.state.in_(bindparam("states", expanding=True)),
         and_(events.c.state == "processing", events.c.claimed_at < bindparam("stale", type_=UTCDateTime()))),
 ).values(state="processing", claimed_at=bindparam("now", type_=UTCDateTime()),
-         updated_at=bindparam("now", type_=UTCDateTime()))
+         updated_at=bindparam("now", type_=UTCDateTime()),
+         # SET sees the row before the update, RETURNING after it: the detail carries the state claimed from.
+         detail=literal(CLAIMED_FROM) + events.c.state).returning(*events.c)
 _FINISH_CLAIMED = update(events).where(
     events.c.id == bindparam("pk"), events.c.state == "processing",
     events.c.claimed_at == bindparam("claimed", type_=UTCDateTime()),
@@ -411,11 +416,16 @@ class Store:
 
     def claim(
         self, event_pk: int, *, now: datetime, stale_before: datetime, states: Sequence[str] = ("received",)
-    ) -> bool:
-        """Move an event to processing unless another worker holds a fresh claim; True when this caller won it."""
+    ) -> EventRecord | None:
+        """Move an event to processing unless another worker holds a fresh claim; when this caller won it, return
+        the event as it was before (its state then), read in the same statement (UPDATE ... RETURNING); else None."""
         with self._tx() as conn:
-            result = conn.execute(_CLAIM, {"pk": event_pk, "states": list(states), "stale": stale_before, "now": now})
-        return result.rowcount == 1
+            row = conn.execute(_CLAIM, {"pk": event_pk, "states": list(states), "stale": stale_before,
+                                        "now": now}).mappings().first()
+        if row is None:
+            return None
+        record = _record(row)
+        return replace(record, state=record.detail.removeprefix(CLAIMED_FROM), detail="")
 
     def finish(self, event_pk: int, *, state: str, detail: str, now: datetime, action: str | None = None,
                fields: Mapping[str, Any] | None = None, claimed_at: datetime | None = None,
