@@ -87,8 +87,19 @@ class Processor:
         self.monotonic = monotonic
         self.sleep = sleep
 
+    @property
+    def live(self) -> bool:
+        """Tell whether events are acted on in Genesys (not a dry run)."""
+        return self.genesys is not None and not self.settings.genesys.dry_run
+
     def process(self, event_pk: int, *, states: tuple[str, ...] = ("received",), force: bool = False) -> Outcome:
         """Claim the event and carry it to a final state; the outcome says what happened and why."""
+        if self.live:
+            return self._process(event_pk, states, force)
+        with self.store.transaction():  # nothing is waited for: claim, decide and finish in one transaction
+            return self._process(event_pk, states, force)
+
+    def _process(self, event_pk: int, states: tuple[str, ...], force: bool) -> Outcome:
         now = self.clock()
         stale = now - timedelta(seconds=self.settings.stale_claim_seconds)
         before = self.store.claim(event_pk, now=now, stale_before=stale, states=states)
@@ -136,10 +147,9 @@ class Processor:
         if isinstance(event, InvalidItem):
             return None, "invalid", event.reason, {}, None
         fields = self._reparsed_fields(record, event)
-        live = self.genesys is not None and not self.settings.genesys.dry_run
         deadline = budget_deadline(self.monotonic(), budget=self.settings.retry_budget_seconds,
                                    occurred_at=event.occurred_at, now=now,
-                                   max_age=self.settings.max_event_age_seconds, force=force) if live else None
+                                   max_age=self.settings.max_event_age_seconds, force=force) if self.live else None
         plan = self._plan(event, record.id, now, force, write=True, deadline=deadline)
         if plan.state is not None:
             return plan.action, plan.state, plan.detail, fields, plan.held

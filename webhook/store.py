@@ -6,6 +6,7 @@ import builtins  # in Store, "list" is the method: annotations there say builtin
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -150,16 +151,18 @@ _FINISH_CLAIMED = update(events).where(
     events.c.claimed_at == bindparam("claimed", type_=UTCDateTime()),
 ).values(state=bindparam("new_state"), detail=bindparam("new_detail"), action=bindparam("new_action"),
          updated_at=bindparam("now", type_=UTCDateTime()), claimed_at=None)
-_ADVANCE = update(agent_state).where(
-    agent_state.c.agent == bindparam("who"),
-    or_(agent_state.c.occurred_at < bindparam("occurred", type_=UTCDateTime()),
-        and_(agent_state.c.occurred_at == bindparam("occurred", type_=UTCDateTime()),
-             agent_state.c.event <= bindparam("pk"))),
-    or_(agent_state.c.holder.is_(None), agent_state.c.holder == bindparam("pk"),
-        agent_state.c.held_until < bindparam("now", type_=UTCDateTime())),
-).values(occurred_at=bindparam("occurred", type_=UTCDateTime()), event=bindparam("pk"),
-         updated_at=bindparam("now", type_=UTCDateTime()), holder=bindparam("holder"),
-         held_until=bindparam("until", type_=UTCDateTime()))
+# Take an agent's slot in one statement (the same text on SQLite and PostgreSQL): a new agent gets a row; a known
+# one moves only to a newer (occurred_at, event) and only when no other event holds it (or its hold ran out).
+_ADVANCE = text(
+    "INSERT INTO agent_state (agent, occurred_at, event, updated_at, holder, held_until) "
+    "VALUES (:who, :occurred, :pk, :now, :holder, :until) "
+    "ON CONFLICT (agent) DO UPDATE SET occurred_at = excluded.occurred_at, event = excluded.event, "
+    "updated_at = excluded.updated_at, holder = excluded.holder, held_until = excluded.held_until "
+    "WHERE (agent_state.occurred_at < excluded.occurred_at "
+    "OR (agent_state.occurred_at = excluded.occurred_at AND agent_state.event <= excluded.event)) "
+    "AND (agent_state.holder IS NULL OR agent_state.holder = excluded.event OR agent_state.held_until < :now)"
+).bindparams(bindparam("who", type_=String()), bindparam("occurred", type_=UTCDateTime()), bindparam("pk"),
+             bindparam("now", type_=UTCDateTime()), bindparam("holder"), bindparam("until", type_=UTCDateTime()))
 _SLOT = select(agent_state.c.occurred_at, agent_state.c.event).where(agent_state.c.agent == bindparam("who"))
 _RELEASE = update(agent_state).where(
     agent_state.c.agent == bindparam("who"), agent_state.c.holder == bindparam("pk"),
@@ -261,8 +264,8 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._local = threading.local()  # the connection of this thread's transaction() block, if any
         self._insert_event = self._insert_ignore(events, ["source", "event_id"], returning="id")
-        self._insert_agent = self._insert_ignore(agent_state, ["agent"])
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -280,8 +283,26 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run every store call this thread makes inside the block in one transaction: committed at the end, rolled
+        back (and StoreError raised) if any of them fails. Never around a call to Genesys: it holds locks."""
+        if getattr(self._local, "conn", None) is not None:
+            yield
+            return
+        with self._tx() as conn:
+            self._local.conn = conn
+            try:
+                yield
+            finally:
+                self._local.conn = None
+
+    @contextmanager
     def _tx(self) -> Iterator[Connection]:
         try:
+            outer = getattr(self._local, "conn", None)
+            if outer is not None:
+                yield outer
+                return
             with self.engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
@@ -467,14 +488,9 @@ class Store:
         """Take the agent's ordering slot for this event, in one conditional statement, unless a newer event has it
         (OLDER) or another event holds it while it acts on Genesys (BUSY); OURS when this event may act. With
         hold_until, this event also holds the slot until then, or until finish(release_agent=...) frees it."""
-        holder = event_pk if hold_until is not None else None
-        values = {"agent": agent, "occurred_at": occurred_at, "event": event_pk, "updated_at": now,
-                  "holder": holder, "held_until": hold_until}
+        params = {"who": agent, "occurred": occurred_at, "pk": event_pk, "now": now,
+                  "holder": event_pk if hold_until is not None else None, "until": hold_until}
         with self._tx() as conn:
-            if conn.execute(self._insert_agent, values).rowcount == 1:
-                return OURS
-            params = {"who": agent, "occurred": occurred_at, "pk": event_pk, "now": now, "holder": holder,
-                      "until": hold_until}
             if conn.execute(_ADVANCE, params).rowcount == 1:
                 return OURS
             slot = conn.execute(_SLOT, {"who": agent}).one()
