@@ -60,6 +60,20 @@ def test_stop_lets_the_event_in_flight_finish() -> None:
     assert processor.seen == [7]
 
 
+def test_a_thread_outlives_an_unexpected_error() -> None:
+    class Broken(RecordingProcessor):
+        def process(self, event_pk: int, **_: Any) -> None:
+            if event_pk == 1:
+                raise ZeroDivisionError
+            super().process(event_pk)
+
+    processor = Broken()
+    worker = Worker(processor, threads=1, queue_size=10)  # type: ignore[arg-type]
+    worker.submit([1, 2])
+    assert processor.done.wait(10) and processor.seen == [2]
+    worker.stop(timeout=10)
+
+
 def save(store: Store, event_id: str, received: Any) -> int:
     [saved] = store.save([NewEvent(source="inhouse", event_id=event_id, state="received", detail="",
                                    received_at=received, raw_body=b"{}")])

@@ -80,6 +80,8 @@ class Worker:
             self.processor.process(event_pk)
         except StoreError:
             logger.warning("store unavailable while processing; the sweeper will retry", extra={"event": event_pk})
+        except Exception:  # a bug must not kill the thread; the event stays for the sweeper
+            logger.exception("processing failed; the sweeper will retry", extra={"event": event_pk})
 
 
 class Sweeper:
