@@ -108,6 +108,30 @@ def test_single_problems_are_named(tmp_path: Path, toml: str, message: str) -> N
     assert any(message in p for p in problems(tmp_path, toml, env)), problems(tmp_path, toml, env)
 
 
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[processing]\nmax_event_age_seconds = nan", "processing.max_event_age_seconds: must be a finite number"),
+        ("[processing]\nretry_budget_seconds = inf", "processing.retry_budget_seconds: must be a finite number"),
+        ("[retention]\nkeep_days = inf", "retention.keep_days: must be a finite number"),
+        ("tolerance_seconds = nan", "sources.x.tolerance_seconds: must be a finite number"),
+        ("[processing]\nstale_claim_seconds = 1" + "0" * 400, "processing.stale_claim_seconds: is too large"),
+        ("mapping = 5", "sources.x.mapping: mapping must be a preset name"),
+        ("scheme = ['standard']", "sources.x.scheme: unknown scheme"),
+        ("scheme = {a = 1}", "sources.x.scheme: unknown scheme"),
+        ("x = " + "9" * 5000, "not valid TOML"),
+        ("x = " + "[" * 5000 + "]" * 5000, "not valid TOML"),
+    ],
+)
+def test_hostile_values_are_config_problems_never_other_errors(tmp_path: Path, toml: str, message: str) -> None:
+    """Found by tests/test_fuzz.py: NaN/inf were accepted (a NaN tolerance made every request a 500); a mapping or
+    scheme of the wrong type, a 5,000-digit integer and deep arrays raised TypeError, ValueError, RecursionError."""
+    env = DRY | {"X_WEBHOOK_SECRET": "s"}
+    found = problems(tmp_path, "[sources.x]\nscheme = 'standard'\n" + toml if "scheme =" not in toml
+                     else "[sources.x]\n" + toml, env)
+    assert any(message in p for p in found), found
+
+
 def test_missing_file_says_how_to_point_at_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found; set WEBHOOK_CONFIG"):
         Settings.from_env(DRY, config_path=str(tmp_path / "absent.toml"))
@@ -163,3 +187,23 @@ def test_a_stale_claim_shorter_than_one_events_budget_is_refused(tmp_path: Path)
     toml = Path(CONFIG).read_text().replace("stale_claim_seconds    = 60", "stale_claim_seconds    = 30")
     assert any("processing.stale_claim_seconds: must be more than retry_budget_seconds + 5 (35)" in p
                for p in problems(tmp_path, toml))
+
+
+def test_the_genesys_request_spacing_is_configurable(tmp_path: Path) -> None:
+    assert Settings.from_env(DRY, config_path=CONFIG).genesys.requests_per_minute == 300
+    base = "[sources.x]\nscheme='standard'\n"
+    env = DRY | {"X_WEBHOOK_SECRET": "s"}
+    assert load(tmp_path, base, env).genesys.requests_per_minute == 300
+    assert load(tmp_path, base + "[genesys]\nrequests_per_minute = 0\n", env).genesys.requests_per_minute == 0
+    assert load(tmp_path, base + "[genesys]\nrequests_per_minute = 600\n", env).genesys.requests_per_minute == 600
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("requests_per_minute = 5", "genesys.requests_per_minute: must be 0 (no spacing) or at least 10, got 5"),
+    ("requests_per_minute = -1", "genesys.requests_per_minute: must be at least 0"),
+    ("requests_per_minute = 'fast'", "genesys.requests_per_minute: must be a number"),
+    ("rpm = 300", "genesys.rpm: unknown key; [genesys] has requests_per_minute"),
+])
+def test_a_bad_genesys_request_spacing_is_named(tmp_path: Path, table: str, message: str) -> None:
+    found = problems(tmp_path, f"[sources.x]\nscheme='standard'\n[genesys]\n{table}\n", DRY | {"X_WEBHOOK_SECRET": "s"})
+    assert any(message in p for p in found), found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,18 +26,23 @@ from webhook.errors import (
     GenesysNotFoundError,
     GenesysPermissionError,
     GenesysRateLimitedError,
+    GenesysThrottledError,
     GenesysUnavailableError,
 )
 from webhook.genesys import (
     BACKOFF_CAP,
+    DEFAULT_REQUESTS_PER_MINUTE,
     MAX_ATTEMPTS,
     PARTICIPANT_RULE_CODES,
     Attempt,
     ClientCredentials,
     GenesysClient,
+    RateLimiter,
+    RateLimitHeaders,
     Target,
     agent_participant,
     explain,
+    ratelimit_headers,
     retry_delay,
     token_ttl,
 )
@@ -625,6 +631,8 @@ def test_explain_a_participant_rule_refusal(status: int, code: str) -> None:
     (GenesysAuthError("login refused", status=401), "GENESYS_REGION"),
     (GenesysPermissionError("need x", status=403, code="forbidden"), "role"),
     (GenesysBudgetError("out of time", status=503), "retry budget"),
+    (GenesysThrottledError("rate limit: next Genesys slot in 12.3 s is past this event's budget"),
+     "requests_per_minute"),
     (GenesysError("teapot", status=418), "correlation id"),
 ])
 def test_explain_says_what_to_do(error: GenesysError, hint: str) -> None:
@@ -685,3 +693,164 @@ def test_secrets_and_tokens_never_leak(rsps: responses.RequestsMock, client: Gen
     for secret in (SECRET, TOKEN, TOKEN2, "Bearer", "Basic"):
         assert secret not in text
     assert len(attempts) == 5
+
+
+# --- the rate limiter -------------------------------------------------------------------------------------------
+
+
+def spaced_client(clock: FakeClock, per_minute: float) -> GenesysClient:
+    session = requests.Session()
+    tokens = ClientCredentials(LOGIN, CLIENT_ID, SECRET, session=session, timer=clock)
+    return GenesysClient(API, tokens, session=session, clock=clock, sleep=clock.sleep, wallclock=lambda: NOW,
+                         rng=lambda: 0.5, requests_per_minute=per_minute)
+
+
+def limit_headers(allowed: int, count: int, reset: int) -> dict[str, str]:
+    return {"inin-ratelimit-allowed": str(allowed), "inin-ratelimit-count": str(count),
+            "inin-ratelimit-reset": str(reset)}
+
+
+def test_a_burst_is_spaced_not_sent_at_once(rsps: responses.RequestsMock, clock: FakeClock) -> None:
+    add_token(rsps)
+    for _ in range(10):
+        rsps.patch(PATCH, status=202)
+    client = spaced_client(clock, 60)  # holds 6, then one every 60/54 s: never over 60 in any minute
+    for _ in range(10):
+        mute(client, clock)
+    assert clock.sleeps == [pytest.approx(60 / 54)] * 4
+
+
+def test_the_default_limit_is_genesys_300_a_minute(client: GenesysClient) -> None:
+    assert client.limiter is not None and client.limiter.per_minute == DEFAULT_REQUESTS_PER_MINUTE == 300
+    assert (client.limiter.capacity, client.limiter.rate) == (30, 4.5)
+
+
+@given(per_minute=st.sampled_from([10, 60, 300, 1800]),
+       gaps=st.lists(st.floats(0, 3), min_size=1, max_size=400))
+def test_no_minute_ever_holds_more_than_the_limit(per_minute: float, gaps: list[float]) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(per_minute, clock=clock)
+    sent = []
+    for gap in gaps:  # callers arrive at any pace; each waits for its slot, then sends
+        clock.advance(gap)
+        wait = limiter.reserve(math.inf)
+        sent.append(clock() + wait)
+        limiter.settle()
+    sent.sort()
+    assert all(sent[j] - sent[i] >= 60 - 1e-6 for i in range(len(sent))
+               for j in [i + int(per_minute)] if j < len(sent))
+
+
+def test_spent_allowance_in_the_headers_holds_until_reset(rsps: responses.RequestsMock, clock: FakeClock) -> None:
+    add_token(rsps)
+    rsps.patch(PATCH, status=202, headers=limit_headers(180, 178, 40))
+    rsps.patch(PATCH, status=202, headers=limit_headers(180, 179, 40))
+    rsps.patch(PATCH, status=202, headers=limit_headers(180, 180, 40))
+    rsps.patch(PATCH, status=202, headers=limit_headers(180, 1, 61))
+    client = spaced_client(clock, 300)
+    for _ in range(4):
+        mute(client, clock, budget=60)
+    assert clock.sleeps == [40.0]  # Genesys said the window is spent: wait for its reset, not for a 429
+
+
+def test_requests_in_flight_count_against_the_reported_allowance(clock: FakeClock) -> None:
+    limiter = RateLimiter(300, clock=clock)
+    assert [limiter.reserve(math.inf) for _ in range(3)] == [0, 0, 0]
+    limiter.settle(RateLimitHeaders(allowed=10, count=7, reset=20))  # two others may not be counted yet
+    assert limiter.reserve(math.inf) == 0  # the last of the 10
+    assert limiter.reserve(math.inf) == 20
+    clock.advance(20)
+    limiter.settle(RateLimitHeaders(allowed=10, count=1, reset=60))  # a new window
+    assert limiter.reserve(math.inf) == 0
+
+
+def test_a_429_holds_every_thread_for_its_retry_after(rsps: responses.RequestsMock, clock: FakeClock) -> None:
+    add_token(rsps)
+    rsps.patch(PATCH, status=429, headers={"Retry-After": "7"},
+               json={"message": "Rate limit exceeded", "code": "too.many.requests", "status": 429})
+    rsps.patch(PATCH, status=202)
+    client = spaced_client(clock, 300)
+    mute(client, clock)
+    assert clock.sleeps == [7.0]
+    assert client.limiter is not None
+    client.limiter.settle(retry_after=5)  # another thread's 429
+    assert client.limiter.reserve(math.inf) == 5
+
+
+def test_a_slot_past_the_deadline_fails_like_a_spent_budget(rsps: responses.RequestsMock, clock: FakeClock,
+                                                            attempts: list[Attempt]) -> None:
+    add_token(rsps)
+    rsps.patch(PATCH, status=202, headers=limit_headers(300, 300, 42))
+    client = spaced_client(clock, 300)
+    mute(client, clock)
+    with pytest.raises(GenesysThrottledError, match=r"rate limit: next Genesys slot in 42\.0 s is past this "
+                                                    r"event's budget \(10\.0 s left") as caught:
+        mute(client, clock, budget=10, record=attempts)
+    assert isinstance(caught.value, GenesysBudgetError) and attempts == [] and clock.sleeps == []
+    assert "requests_per_minute" in explain(caught.value)
+
+
+def test_a_refused_slot_is_not_taken(clock: FakeClock) -> None:
+    limiter = RateLimiter(10, clock=clock)  # holds 1, then one every 60/9 s
+    assert limiter.reserve(math.inf) == 0
+    with pytest.raises(GenesysThrottledError):
+        limiter.reserve(clock() + 5)
+    assert limiter.reserve(math.inf) == pytest.approx(60 / 9)
+
+
+def test_limit_zero_sends_everything_at_once(rsps: responses.RequestsMock, clock: FakeClock) -> None:
+    add_token(rsps)
+    for _ in range(40):
+        rsps.patch(PATCH, status=202, headers=limit_headers(10, 10, 50))
+    client = spaced_client(clock, 0)
+    for _ in range(40):
+        mute(client, clock)
+    assert client.limiter is None and clock.sleeps == []
+
+
+def test_threads_share_the_bucket_and_never_get_the_same_slot(clock: FakeClock) -> None:
+    limiter = RateLimiter(300, clock=clock)
+    barrier, waits, lock = threading.Barrier(16), [], threading.Lock()
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(10):
+            wait = limiter.reserve(math.inf)
+            with lock:
+                waits.append(wait)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(waits) == pytest.approx([0.0] * 30 + [n / 4.5 for n in range(1, 131)])
+
+
+def test_a_failed_request_gives_its_slot_back(rsps: responses.RequestsMock, clock: FakeClock) -> None:
+    add_token(rsps)
+    rsps.patch(PATCH, body=requests.exceptions.ConnectionError("refused"))
+    rsps.patch(PATCH, status=202, headers=limit_headers(10, 9, 30))
+    client = spaced_client(clock, 300)
+    mute(client, clock)
+    assert client.limiter is not None and client.limiter.reserve(math.inf) == 0  # nothing left in flight
+    assert client.limiter.reserve(math.inf) == 30
+
+
+@pytest.mark.parametrize(("headers", "parsed"), [
+    (limit_headers(300, 12, 48), RateLimitHeaders(300, 12, 48.0)),
+    ({"ININ-RateLimit-Allowed": "180", "inin-ratelimit-count": "1", "inin-ratelimit-reset": "61"},
+     RateLimitHeaders(180, 1, 61.0)),
+    ({"inin-ratelimit-allowed": "300", "inin-ratelimit-count": "12"}, None),
+    (limit_headers(300, 12, 48) | {"inin-ratelimit-reset": "soon"}, None),
+    (limit_headers(300, 12, 48) | {"inin-ratelimit-count": "-1"}, None),
+    (limit_headers(300, 12, 48) | {"inin-ratelimit-reset": "inf"}, None),
+    ({}, None),
+])
+def test_ratelimit_headers(headers: dict[str, str], parsed: RateLimitHeaders | None) -> None:
+    assert ratelimit_headers(requests.structures.CaseInsensitiveDict(headers)) == parsed
+
+
+def test_a_limit_under_ten_a_minute_is_refused(clock: FakeClock) -> None:
+    with pytest.raises(ValueError, match="at least 10"):
+        RateLimiter(5, clock=clock)

@@ -77,4 +77,5 @@ def genesys_client(settings: Settings) -> GenesysClient:
     api_url, login_url = settings.genesys.hosts()
     return GenesysClient.from_credentials(
         region=settings.genesys.region or "", client_id=settings.genesys.client_id or "",
-        client_secret=settings.genesys.client_secret or "", api_url=api_url, login_url=login_url)
+        client_secret=settings.genesys.client_secret or "", api_url=api_url, login_url=login_url,
+        requests_per_minute=settings.genesys.requests_per_minute)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -12,6 +13,7 @@ from typing import Any
 
 from webhook.errors import ConfigError
 from webhook.events import FieldMap, field_map
+from webhook.genesys import DEFAULT_REQUESTS_PER_MINUTE, MIN_REQUESTS_PER_MINUTE
 from webhook.regions import region_hosts
 from webhook.rules import Rule, rule_from_table
 from webhook.signatures import DEFAULT_HMAC_HEADER, SCHEMES
@@ -20,7 +22,7 @@ DEFAULT_CONFIG = "config/webhook.toml"
 DEFAULT_DATABASE_URL = "sqlite:///instance/webhook.db"
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
-TOP_KEYS = ("sources", "rules", "agents", "intake", "processing", "retention")
+TOP_KEYS = ("sources", "rules", "agents", "intake", "processing", "genesys", "retention")
 SOURCE_KEYS = ("scheme", "mapping", "tolerance_seconds", "header")
 CLAIM_MARGIN_SECONDS = 5.0  # the store writes around the Genesys calls, which the deadline bounds
 SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -48,6 +50,7 @@ class Genesys:
     client_secret: str | None = field(default=None, repr=False)
     api_url: str | None = None
     login_url: str | None = None
+    requests_per_minute: float = DEFAULT_REQUESTS_PER_MINUTE  # the client's own spacing; 0 = off
 
     def hosts(self) -> tuple[str, str]:
         """Return (API base URL, login base URL), the explicit overrides winning over the region."""
@@ -126,11 +129,12 @@ class _Loader:
         intake = self.table(doc, "intake", ("max_body_bytes", "trusted_proxies"))
         processing = self.table(doc, "processing", PROCESSING_KEYS)
         retention = self.table(doc, "retention", ("keep_days",))
+        genesys = self.table(doc, "genesys", ("requests_per_minute",))
         settings = Settings(
             sources=self.sources(doc.get("sources", {})),
             rules=self.rules(doc.get("rules", [])),
             agents=self.agents(doc.get("agents", {})),
-            genesys=self.genesys(),
+            genesys=self.genesys(self.requests_per_minute(genesys)),
             database_url=database_url(self.env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             max_body_bytes=self.number(intake, "intake.max_body_bytes", 262144, int, 1024),
             trusted_proxies=self.number(intake, "intake.trusted_proxies", 1, int, 0),
@@ -168,6 +172,8 @@ class _Loader:
             self.problem("", f"not valid TOML: {exc}")
         except (OSError, UnicodeDecodeError) as exc:
             self.problem("", f"cannot be read: {exc}")
+        except (ValueError, RecursionError) as exc:  # an integer of 4,300+ digits, arrays nested thousands deep
+            self.problem("", f"not valid TOML: {str(exc)[:200] or type(exc).__name__}")
         return {}
 
     def table(self, doc: Mapping[str, Any], key: str, known: Any) -> Mapping[str, Any]:
@@ -185,10 +191,17 @@ class _Loader:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or wrong_kind:
             self.problem(key, f"must be a{'n integer' if kind is int else ' number'}, got {value!r}")
             return default
+        if isinstance(value, float) and not math.isfinite(value):  # TOML has nan and inf
+            self.problem(key, f"must be a finite number, got {value!r}")
+            return default
         if value < low:
             self.problem(key, f"must be at least {low}, got {value}")
             return default
-        return kind(value)
+        try:
+            return kind(value)
+        except OverflowError:  # an integer past float's range
+            self.problem(key, f"is too large, got {value}")
+            return default
 
     def sources(self, value: Any) -> dict[str, Source]:
         if not isinstance(value, dict) or not value:
@@ -208,7 +221,7 @@ class _Loader:
             self.problem(f"{key}.{extra}", f"unknown key; a source has {', '.join(SOURCE_KEYS)}")
         ok = True
         scheme = table.get("scheme")
-        if scheme not in SCHEMES:
+        if not isinstance(scheme, str) or scheme not in SCHEMES:
             self.problem(f"{key}.scheme", f"unknown scheme {scheme!r}; use one of {', '.join(sorted(SCHEMES))}")
             ok = False
         try:
@@ -259,7 +272,16 @@ class _Loader:
             self.problem(f"agents.{key}", "must be a Genesys user id or an e-mail")
         return {k: v.strip() for k, v in value.items() if k not in bad}
 
-    def genesys(self) -> Genesys:
+    def requests_per_minute(self, table: Mapping[str, Any]) -> float:
+        key = "genesys.requests_per_minute"
+        value: float = self.number(table, key, DEFAULT_REQUESTS_PER_MINUTE, float, 0)
+        if 0 < value < MIN_REQUESTS_PER_MINUTE:
+            self.problem(key, f"must be 0 (no spacing) or at least {MIN_REQUESTS_PER_MINUTE:g}, got {value:g}; "
+                         "Genesys allows 300 a minute per client-credentials token unless support raised it")
+            return DEFAULT_REQUESTS_PER_MINUTE
+        return value
+
+    def genesys(self, requests_per_minute: float = DEFAULT_REQUESTS_PER_MINUTE) -> Genesys:
         dry = self.env.get("GENESYS_DRY_RUN", "").strip().lower()
         if dry not in TRUE_WORDS | FALSE_WORDS:
             self.env_problem("GENESYS_DRY_RUN", f"{dry!r} is not true or false")
@@ -270,6 +292,7 @@ class _Loader:
             client_secret=self.env.get("GENESYS_CLIENT_SECRET", "").strip() or None,
             api_url=self.env.get("GENESYS_API_URL", "").strip() or None,
             login_url=self.env.get("GENESYS_LOGIN_URL", "").strip() or None,
+            requests_per_minute=requests_per_minute,
         )
         if result.region:
             try:

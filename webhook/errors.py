@@ -87,6 +87,10 @@ class GenesysBudgetError(GenesysError):
     """The retry budget or the event's deadline ran out before Genesys accepted the request."""
 
 
+class GenesysThrottledError(GenesysBudgetError):
+    """This process's own request spacing (the rate limiter) has no slot for the request before its deadline."""
+
+
 STATUS_ERRORS: dict[int, type[GenesysError]] = {
     400: GenesysBadRequestError,
     401: GenesysAuthError,
