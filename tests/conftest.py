@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -192,3 +195,89 @@ def signed_post(client: FlaskClient, settings: Settings, clock: Clock) -> Signed
                            content_type="application/json")
 
     return post
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of one test's own (initdb in a temporary folder) that the test may stop and start at will;
+    never the machine's shared server, which other test runs use."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="private-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        """Return the SQLAlchemy URL of the cluster's postgres database."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bindir / program), *args]
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres user
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False,
+                              stdin=subprocess.DEVNULL)
+
+    def init(self) -> PrivatePostgres:
+        """Create the cluster (trust authentication, superuser postgres) and start it."""
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        done = self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-N")
+        assert done.returncode == 0, done.stdout + done.stderr
+        return self.start()
+
+    def start(self) -> PrivatePostgres:
+        """Start the server and wait until it accepts connections."""
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        done = self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w",
+                         "start")
+        assert done.returncode == 0, done.stdout + done.stderr + self.log_tail()
+        return self
+
+    def stop(self) -> None:
+        """Stop the server at once (fast shutdown: sessions are cut, committed data is kept)."""
+        done = self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def log_tail(self) -> str:
+        try:
+            return "\n".join((self.root / "server.log").read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return ""
+
+    def destroy(self) -> None:
+        """Stop the server if it runs and delete the cluster."""
+        if (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def postgres_bindir() -> Path | None:
+    """Return the newest installed PostgreSQL server's bin folder (initdb, pg_ctl), or None."""
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/pg_ctl") if (p.parent / "initdb").exists()]
+    return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, default=None)
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A started PostgreSQL cluster of the test's own, which it may restart; stopped and deleted afterwards."""
+    if not os.environ.get(PG_ENV):
+        pytest.skip(f"this test runs the service on PostgreSQL; set {PG_ENV} "
+                    "(e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("restarting a database needs a private cluster: no initdb/pg_ctl under /usr/lib/postgresql/*/bin")
+    cluster = PrivatePostgres(bindir)
+    try:
+        yield cluster.init()
+    finally:
+        cluster.destroy()

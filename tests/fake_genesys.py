@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 import time
@@ -55,6 +56,8 @@ class LoggedRequest:
     time: float
     authorization: str  # "basic", "bearer" or "" (never the credential itself)
     status: int | None = None
+    client_port: int | None = None  # the caller's TCP port: tells which process sent it
+    correlation_id: str = ""  # the ININ-Correlation-Id it was answered with (the client keeps it with the event)
 
 
 @dataclass
@@ -129,6 +132,9 @@ class FakeGenesys:
         self._tokens: set[str] = set()
         self._faults: list[Fault] = []
         self._refusals: dict[str | None, str] = {}
+        self._after_get: dict[str, Callable[[], None]] = {}
+        self._rate: tuple[int, float] | None = None  # (requests, window seconds) per bearer token; None = no limit
+        self._windows: dict[str, tuple[float, int]] = {}  # bearer token -> (its window's end, requests counted)
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._last_stamp = datetime.now(UTC) - timedelta(minutes=5)
@@ -269,6 +275,30 @@ class FakeGenesys:
         with self._lock:
             self._refusals.clear()
 
+    def clear_faults(self) -> None:
+        """Drop every injected 429, 5xx and delay still pending (refusals stay; see allow_mutes)."""
+        with self._lock:
+            self._faults.clear()
+
+    def after_get(self, conversation_id: str, action: Callable[[], None]) -> None:
+        """Run action once, right after the next GET of this call is answered (e.g. end it before the PATCH)."""
+        with self._lock:
+            self._after_get[conversation_id] = action
+
+    def limit_rate(self, requests: int | None, *, window: float = 60.0) -> None:
+        """Allow each bearer token `requests` API requests per fixed `window` seconds (from its first request), as
+        Genesys does (300 a minute by default): over it, 429 too.many.requests with an integer Retry-After; every
+        counted answer carries inin-ratelimit-allowed, -count and -reset (whole seconds left). None = no limit."""
+        with self._lock:
+            self._rate = None if requests is None else (requests, window)
+            self._windows.clear()
+
+    @property
+    def too_many_requests(self) -> int:
+        """Return how many requests were answered 429."""
+        with self._lock:
+            return sum(1 for r in self.log if r.status == 429)
+
     def _add_fault(self, fault: Fault) -> None:
         with self._lock:
             self._faults.append(fault)
@@ -314,7 +344,8 @@ class FakeGenesys:
         """Log the request, apply an injected fault, and check the bearer token on /api/."""
         g.correlation_id = str(uuid.uuid4())
         scheme = (request.headers.get("Authorization") or "").split(" ")[0].lower()
-        g.logged = LoggedRequest(request.method, request.path, request.get_json(silent=True), self.clock(), scheme)
+        g.logged = LoggedRequest(request.method, request.path, request.get_json(silent=True), self.clock(), scheme,
+                                 client_port=int(request.environ.get("REMOTE_PORT") or 0) or None)
         with self._lock:
             self.log.append(g.logged)
         fault = self._take_fault(request.path)
@@ -324,12 +355,39 @@ class FakeGenesys:
             return self._fault_answer(fault)
         if request.path.startswith("/api/") and not self._valid_bearer():
             return error(401, "bad.credentials", "Invalid login credentials.")
-        return None
+        return self._count_request() if request.path.startswith("/api/") else None
 
     def _after(self, response: Response) -> Response:
         response.headers["ININ-Correlation-Id"] = g.get("correlation_id", "")
         if "logged" in g:
             g.logged.status = response.status_code
+            g.logged.correlation_id = g.get("correlation_id", "")
+        for name, value in g.get("ratelimit", {}).items():
+            response.headers[name] = value
+        return response
+
+    def _count_request(self) -> Response | None:
+        """Count an API request against its token's window (limit_rate); answer 429 when the window is spent."""
+        with self._lock:
+            if self._rate is None:
+                return None
+            allowed, window = self._rate
+            token = (request.headers.get("Authorization") or "").partition(" ")[2]
+            now = self.clock()
+            end, count = self._windows.get(token, (now, 0))
+            if now >= end:
+                end, count = now + window, 0
+            reset = max(1, math.ceil(end - now))
+            spent = count >= allowed
+            if not spent:
+                count += 1
+            self._windows[token] = (end, count)
+        g.ratelimit = {"inin-ratelimit-allowed": str(allowed), "inin-ratelimit-count": str(count),
+                       "inin-ratelimit-reset": str(reset)}
+        if not spent:
+            return None
+        response = error(429, "too.many.requests", "Rate limit exceeded the maximum. Retry the request later.")
+        response.headers["Retry-After"] = str(reset)
         return response
 
     def _fault_answer(self, fault: Fault) -> Response:
@@ -403,8 +461,12 @@ class FakeGenesys:
             call = self.calls.get(cid)
             if call is None:
                 return error(404, "not.found", "The requested conversation was not found.")
-            return jsonify(id=call.id, participants=[p.as_json() for p in call.participants],
-                           recordingState="none", selfUri=f"/api/v2/conversations/calls/{call.id}")
+            answer = jsonify(id=call.id, participants=[p.as_json() for p in call.participants],
+                             recordingState="none", selfUri=f"/api/v2/conversations/calls/{call.id}")
+            hook = self._after_get.pop(cid, None)
+            if hook is not None:
+                hook()
+            return answer
 
     def _patch(self, cid: str, pid: str) -> Response:
         """PATCH a participant: {"muted": bool}; 202 with an empty body."""

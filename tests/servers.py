@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, TypeVar
 
 import requests
 
-from tests.conftest import CONFIG, ROOT, SECRETS
+from tests.conftest import CONFIG, ROOT, SECRETS, free_port
 from tests.fake_genesys import FakeGenesys
 from webhook import signatures
 from webhook.config import Settings
@@ -47,14 +46,6 @@ def wait_until(predicate: Callable[[], T | None], timeout: float, *, interval: f
         if time.monotonic() >= deadline:
             raise AssertionError(f"not true after {timeout:.1f} s: {message or predicate}")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def write_config(path: Path, **processing: float) -> Path:
@@ -284,3 +275,32 @@ def run_cli(env: Mapping[str, str], *args: str, timeout: float = 60) -> subproce
     """Run `flask --app wsgi <args>` from the repository root with env; return the finished process."""
     return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=dict(env),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def worker_pids(service: Service) -> list[int]:
+    """Return the pids of a running service's gunicorn workers (the master's children)."""
+    assert service.process is not None, "not running"
+    master = service.process.pid
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text()
+    except OSError:
+        return []
+    return sorted(int(pid) for pid in children.split())
+
+
+def pid_of_connection(local_port: int, pids: Iterable[int]) -> int | None:
+    """Return which of pids holds the TCP socket whose local port is local_port (the client side of a request)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == local_port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        with suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return pid
+    return None

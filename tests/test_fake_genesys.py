@@ -261,3 +261,87 @@ def test_wrong_credentials_against_the_fake(fake: FakeGenesys, clock: FakeClock)
     results = client.check(deadline=clock() + 30)
     client.close()
     assert not results[0].ok and "invalid_client" in results[0].detail and "nope" not in results[0].detail
+
+
+# --- the fake's rate limit --------------------------------------------------------------------------------------
+
+
+def login(fake: FakeGenesys) -> requests.Session:
+    session = requests.Session()
+    answer = session.post(f"{fake.url}/oauth/token", auth=(fake.client_id, fake.client_secret),
+                          data={"grant_type": "client_credentials"}, timeout=5)
+    session.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+    return session
+
+
+def limits(answer: requests.Response) -> tuple[str, ...]:
+    return tuple(answer.headers.get(f"inin-ratelimit-{name}", "") for name in ("allowed", "count", "reset"))
+
+
+def test_the_fake_rate_limits_each_token_per_window(fake: FakeGenesys, http: requests.Session,
+                                                    clock: FakeClock) -> None:
+    url = f"{fake.url}/api/v2/organizations/me"
+    assert "inin-ratelimit-allowed" not in http.get(url, timeout=5).headers  # off by default
+    fake.limit_rate(3, window=10)
+    answers = [http.get(url, timeout=5) for _ in range(3)]
+    assert [(a.status_code, limits(a)) for a in answers] == [(200, ("3", str(n), "10")) for n in (1, 2, 3)]
+    clock.advance(3.5)
+    refused = http.get(url, timeout=5)
+    assert (refused.status_code, refused.json()["code"], refused.headers["Retry-After"]) == (
+        429, "too.many.requests", "7")
+    assert limits(refused) == ("3", "3", "7")
+    with login(fake) as other:  # another token has a window of its own
+        assert other.get(url, timeout=5).status_code == 200
+    clock.advance(6.5)
+    again = http.get(url, timeout=5)
+    assert (again.status_code, limits(again)) == (200, ("3", "1", "10"))
+    assert fake.too_many_requests == 1
+    fake.limit_rate(None)
+    assert all(http.get(url, timeout=5).status_code == 200 for _ in range(5))
+
+
+def test_the_fake_rate_limit_spares_the_login(fake: FakeGenesys, clock: FakeClock) -> None:
+    fake.limit_rate(1, window=60)
+    sessions = [login(fake) for _ in range(3)]
+    for session in sessions:
+        session.close()
+    assert fake.token_requests == 3 and fake.too_many_requests == 0
+
+
+def test_the_fake_logs_the_correlation_id_it_answered(fake: FakeGenesys, http: requests.Session) -> None:
+    answer = http.get(f"{fake.url}/api/v2/organizations/me", timeout=5)
+    assert fake.log[-1].correlation_id == answer.headers["ININ-Correlation-Id"] != ""
+
+
+@pytest.mark.parametrize(("per_minute", "sleeps", "refused"), [
+    (300, [60.0], 0),  # the headers said the window was spent: the client waited for the reset
+    (0, [60.0], 1),  # no spacing: Genesys had to answer 429 first
+])
+def test_the_client_spaces_requests_by_the_fakes_headers(fake: FakeGenesys, clock: FakeClock, per_minute: float,
+                                                         sleeps: list[float], refused: int) -> None:
+    cid, pid = fake.start_call(fake.add_user(EMAIL))
+    fake.limit_rate(3, window=60)
+    client = make_client(fake, clock, requests_per_minute=per_minute)
+    for muted in (True, False, True, False):
+        client.set_muted(Target("u", cid, pid, False), muted, deadline=clock() + 90)
+    client.close()
+    assert clock.sleeps == sleeps and fake.too_many_requests == refused and not fake.muted(cid, pid)
+
+
+def test_clear_faults_drops_every_pending_fault(fake: FakeGenesys, http: requests.Session) -> None:
+    fake.fail(503, count=5)
+    fake.rate_limit(retry_after=5, count=5)
+    fake.clear_faults()
+    assert http.get(f"{fake.url}/api/v2/organizations/me", timeout=5).status_code == 200
+
+
+def test_after_get_ends_the_call_once_its_get_is_answered(fake: FakeGenesys, http: requests.Session) -> None:
+    cid, pid = fake.start_call(fake.add_user(EMAIL))
+    fake.after_get(cid, lambda: fake.end_call(cid))
+    served = http.get(f"{fake.url}/api/v2/conversations/calls/{cid}", timeout=5)
+    assert served.status_code == 200  # the lookup still saw the live call ...
+    assert [p["state"] for p in served.json()["participants"] if p["id"] == pid] == ["connected"]
+    patched = http.patch(f"{fake.url}/api/v2/conversations/calls/{cid}/participants/{pid}", json={"muted": True},
+                         timeout=5)
+    assert patched.status_code == 404 and patched.json()["code"] == "not.found"  # ... the PATCH finds it ended
+    assert all(r.client_port for r in fake.log)  # every request names the caller's port
