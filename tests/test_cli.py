@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,8 +15,9 @@ import pytest
 import responses
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from tests.conftest import ROOT, Clock, SignedPost
-from webhook.cli import fresh_env, parse_since
+from tests.conftest import ROOT, Clock, SignedPost, make_settings
+from webhook import create_app
+from webhook.cli import IMPORT_MARK, IMPORT_NOTE, fresh_env, parse_since
 from webhook.store import Store
 
 
@@ -187,6 +189,24 @@ def test_replay_file_imports_missing_events_and_reports_bad_lines(runner: FlaskC
     assert (record.event_id, record.state, record.agent) == ("evt_a", "dry_run", "a@ex.com")
 
 
+def test_replay_file_names_unstorable_ids_and_marks_what_it_imports(runner: FlaskCliRunner, app: Any,
+                                                                   tmp_path: Path) -> None:
+    """Found by tests/test_fuzz.py: an id with an unpaired surrogate crashed the import with a traceback, and an
+    imported row, once replayed, looked like one received over HTTP with a verified signature."""
+    good = {"source": "inhouse", "event_id": "evt_file", "raw_body": generic("evt_file"), "headers": {"X-Trace": "1"}}
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join([json.dumps(good), json.dumps(good | {"event_id": "\ud800"}),
+                                json.dumps(good | {"source": "s" * 65}), json.dumps(good | {"event_id": "a\x00"})]))
+    result = runner.invoke(args=["replay", "--file", str(path)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1 and "1 replayed, 0 failed, 3 unreadable line(s)" in result.output
+    for number, key in ((2, "event_id"), (3, "source"), (4, "event_id")):
+        assert re.search(rf"line {number} .* {key} is longer than \d+ characters, or holds a NUL", result.output)
+    [record] = app.extensions["webhook"].store.list()
+    assert record.state == "dry_run" and record.headers["X-Trace"] == "1"
+    assert record.headers[IMPORT_MARK] == IMPORT_NOTE
+
+
 def test_events_purge_deletes_old_events_with_their_attempts(runner: FlaskCliRunner, signed_post: SignedPost,
                                                              store: Store, clock: Clock) -> None:
     for n in range(5):
@@ -204,3 +224,15 @@ def test_events_purge_deletes_old_events_with_their_attempts(runner: FlaskCliRun
     assert "deleted 1 event(s)" in runner.invoke(args=["events", "purge", "--older-than", "0s"]).output
     bad = runner.invoke(args=["events", "purge", "--older-than", "soon"])
     assert bad.exit_code == 2 and "is not a duration such as 30d" in bad.output
+
+
+@pytest.mark.parametrize("args", [["events", "list"], ["events", "show", "1"], ["events", "export"],
+                                  ["events", "purge"], ["replay", "1"], ["replay", "--state", "failed"]])
+def test_a_database_that_cannot_be_used_is_one_line_not_a_traceback(tmp_path: Path, args: list[str]) -> None:
+    settings = make_settings("postgresql+psycopg://nobody:hunter2@127.0.0.1:1/nowhere")
+    app = create_app(settings, background=False)
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: the database cannot be used: OperationalError; check DATABASE_URL and that the database is running")
+    assert "Traceback" not in result.output and "hunter2" not in result.output

@@ -166,6 +166,17 @@ def test_parse_time_refuses_what_is_not_a_time(value: object) -> None:
         parse_time(value)
 
 
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", 10**400, -(10**400)])
+def test_parse_time_refuses_times_past_the_range_of_dates_with_a_value_error(value: object) -> None:
+    """Found by tests/test_fuzz.py: these raised OverflowError, which intake answered with a 500."""
+    with pytest.raises(ValueError, match="out of the range of dates"):
+        parse_time(value)
+    body = json.dumps({"ticket": {"id": "1", "status": "open"}, "agent": {"email": "a@b.co"},
+                       "occurred_at": value}).encode()
+    [item] = parse(body, PRESETS["generic"], envelope("helpdesk"))
+    assert isinstance(item, InvalidItem) and "occurred_at at occurred_at is not a time" in item.reason
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -174,6 +185,9 @@ def test_parse_time_refuses_what_is_not_a_time(value: object) -> None:
         ({"ticket_id": "a", "status": "b", "agent": "c", "colour": "d"}, "unknown mapping key"),
         ({"ticket_id": "a", "status": "b", "agent": []}, "must be a dotted path"),
         ({"ticket_id": "a", "status": 3, "agent": "c"}, "must be a dotted path"),
+        (5, "must be a preset name .* or a table of field paths, got int"),  # found by test_fuzz: was TypeError
+        (["generic"], "got list"),
+        (True, "got bool"),
     ],
 )
 def test_bad_mappings_are_refused_with_a_hint(spec: object, message: str) -> None:

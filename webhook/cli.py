@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import re
 import sys
@@ -24,12 +25,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from webhook import genesys_client, signatures
 from webhook.app_state import AppState, get_state
 from webhook.config import Settings, secret_variable
-from webhook.errors import ConfigError, GenesysError
-from webhook.events import FieldMap, lookup, parse_time
+from webhook.errors import ConfigError, GenesysError, StoreError
+from webhook.events import FieldMap, encodable, lookup, parse_time, usable_message_id
 from webhook.genesys import explain
 from webhook.processing import REPLAYABLE
 from webhook.store import STATES, EventRecord, NewEvent, Store
 
+IMPORT_MARK = "x-crm-mute-bridge-import"  # a header kept with every row `replay --file` inserts
+IMPORT_NOTE = "inserted by replay --file; its signature was not verified again"
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -411,9 +414,11 @@ def _export_line(raw: bytes) -> dict[str, Any]:
         raise ValueError("not a JSON object in UTF-8") from exc
     if not isinstance(line, dict):
         raise ValueError("not a JSON object")
-    for key in ("source", "event_id"):
+    for key, longest in (("source", 64), ("event_id", 600)):  # the columns' sizes
         if not isinstance(line.get(key), str) or not line[key]:
             raise ValueError(f"{key} is missing or not a string")
+        if len(line[key]) > longest or "\x00" in line[key] or not encodable(line[key]):
+            raise ValueError(f"{key} is longer than {longest} characters, or holds a NUL or an unpaired surrogate")
     if isinstance(line.get("raw_body_base64"), str):
         try:
             line["body"] = base64.b64decode(line["raw_body_base64"], validate=True)
@@ -432,16 +437,20 @@ def _export_line(raw: bytes) -> dict[str, Any]:
 
 
 def _import(store: Store, line: dict[str, Any], dry_run: bool) -> int | None:
-    """Return the id of an exported event, inserting it (to be parsed on replay) when the database lacks it."""
+    """Return the id of an exported event, inserting it (to be parsed on replay) when the database lacks it.
+
+    A file carries no signature to check again (signatures are never stored), so the row keeps IMPORT_MARK among
+    its headers for good: whoever reads it later can tell it came from a file, not a verified request."""
     existing = store.find(line["source"], line["event_id"])
     if existing is not None or dry_run:
         return existing.id if existing else None
     headers = line["headers"] if isinstance(line.get("headers"), dict) else {}
-    message_id = line.get("message_id") if isinstance(line.get("message_id"), str) else None
+    message_id = usable_message_id(line.get("message_id") if isinstance(line.get("message_id"), str) else None)
     [saved] = store.save([NewEvent(
         source=line["source"], event_id=line["event_id"], state="received", detail="imported by replay --file",
         received_at=line["received_at"] or get_state().clock(), raw_body=line["body"],
-        headers={str(k): str(v) for k, v in headers.items()}, signed_at=line["signed_at"], message_id=message_id)])
+        headers={str(k): str(v)[:1024] for k, v in headers.items()} | {IMPORT_MARK: IMPORT_NOTE},
+        signed_at=line["signed_at"], message_id=message_id)])
     return saved.id
 
 
@@ -511,14 +520,31 @@ def genesys_check() -> None:
 
 def init_app(app: Flask) -> None:
     """Register every command on the app."""
-    app.cli.add_command(init_command)
-    app.cli.add_command(send_command)
-    app.cli.add_command(events_cli)
-    app.cli.add_command(rules_cli)
-    app.cli.add_command(replay_command)
-    app.cli.add_command(agent_cli)
-    app.cli.add_command(genesys_cli)
-    app.cli.add_command(db_cli)
+    for command in (init_command, send_command, events_cli, rules_cli, replay_command, agent_cli, genesys_cli,
+                    db_cli):
+        app.cli.add_command(store_errors_named(command))
+
+
+def store_errors_named(command: click.Command) -> click.Command:
+    """Make a database that cannot be used end a command (and its subcommands) with one line and exit code 1, not
+    a traceback; idempotent, as create_app may run more than once in a process."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            store_errors_named(sub)
+    callback = command.callback
+    if callback is None or getattr(callback, "store_errors_named", False):
+        return command
+
+    @functools.wraps(callback)
+    def named(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except StoreError as exc:
+            raise click.ClickException(f"{exc}; check DATABASE_URL and that the database is running") from exc
+
+    named.store_errors_named = True  # type: ignore[attr-defined]
+    command.callback = named
+    return command
 
 
 def setup_app(problem: ConfigError) -> Flask:

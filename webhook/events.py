@@ -98,6 +98,9 @@ def field_map(spec: str | Mapping[str, Any]) -> FieldMap:
         if spec not in PRESETS:
             raise ValueError(f"unknown mapping {spec!r}; presets: {', '.join(PRESETS)}, or a table of field paths")
         return PRESETS[spec]
+    if not isinstance(spec, Mapping):  # a number, a boolean or an array in the TOML
+        raise ValueError(f"mapping must be a preset name ({', '.join(PRESETS)}) or a table of field paths, "
+                         f"got {type(spec).__name__}")
     unknown = sorted(set(spec) - set(MAPPING_FIELDS))
     if unknown:
         raise ValueError(f"unknown mapping key(s) {', '.join(unknown)}; known: {', '.join(MAPPING_FIELDS)}")
@@ -229,7 +232,7 @@ def _text(item: Any, paths: Sequence[str], name: str) -> str | None:
         text = _scalar_text(value).strip()
         if "\x00" in text:
             raise EventError(f"{name} at {path} contains a NUL character")
-        if not text.isascii() and not _encodable(text):
+        if not text.isascii() and not encodable(text):
             raise EventError(f"{name} at {path} contains an unpaired surrogate (\\ud800-\\udfff); send valid Unicode")
         if len(text) > MAX_FIELD_CHARS:
             raise EventError(f"{name} at {path} is longer than {MAX_FIELD_CHARS} characters")
@@ -238,7 +241,8 @@ def _text(item: Any, paths: Sequence[str], name: str) -> str | None:
     return None
 
 
-def _encodable(text: str) -> bool:
+def encodable(text: str) -> bool:
+    """Tell whether text can be stored as UTF-8 (no unpaired surrogate, which JSON's \\ud800 escapes can carry)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -283,7 +287,10 @@ def parse_time(value: Any) -> datetime:
     if isinstance(value, bool):
         raise ValueError("a boolean is not a time")
     if isinstance(value, (int, float)) or (isinstance(value, str) and re.fullmatch(r"\d{9,16}(\.\d+)?", value)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError as exc:  # an int of hundreds of digits
+            raise ValueError("the number is out of the range of dates") from exc
         if not math.isfinite(number):
             raise ValueError("not a finite number")
         seconds = number / 1000 if number > 1e11 else number
@@ -298,4 +305,7 @@ def parse_time(value: Any) -> datetime:
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC, 9999-12-31T23:59-01:00 after 9999
+        raise ValueError(f"{text[:40]} is out of the range of dates") from exc
