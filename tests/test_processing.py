@@ -336,3 +336,16 @@ def test_a_dry_run_is_one_transaction_so_a_store_failure_leaves_the_event_receiv
     record = store.get(event)
     assert record is not None and (record.state, record.claimed_at) == ("received", None)  # the sweeper's, at once
     assert store.agent_slot(JANE) is None
+
+
+@pytest.mark.parametrize(("ahead", "state"), [(300, "dry_run"), (301, "skipped"), (86400 * 365 * 7000, "skipped")])
+def test_an_event_dated_in_the_future_past_the_clock_skew_is_not_acted_on(store: Store, ahead: int,
+                                                                          state: str) -> None:
+    # Found by the fuzz run: an event dated 9999-12-31 took the agent's slot, and every real event was then "older".
+    occurred = datetime(9999, 12, 31, tzinfo=UTC) if ahead > 86400 else T0 + timedelta(seconds=ahead)
+    outcome = processor(store, Clock(T0)).process(save(store, occurred=occurred))
+    assert outcome.new_state == state
+    if state == "skipped":
+        assert "in the future (more than the 300 s of clock skew its source allows)" in outcome.detail
+        assert store.agent_slot(JANE) is None  # the agent's next real event is not blocked
+        assert processor(store, Clock(T0)).process(save(store, event_id="real")).new_state == "dry_run"

@@ -20,6 +20,8 @@ from webhook.signatures import DEFAULT_HMAC_HEADER, SCHEMES
 
 DEFAULT_CONFIG = "config/webhook.toml"
 DEFAULT_DATABASE_URL = "sqlite:///instance/webhook.db"
+DAY = 86400.0
+DEFAULT_TOLERANCE = 300.0  # seconds of clock skew allowed between a sender and this service, both ways
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 TOP_KEYS = ("sources", "rules", "agents", "intake", "processing", "genesys", "retention")
@@ -36,7 +38,7 @@ class Source:
     scheme: str
     mapping: FieldMap
     secrets: tuple[str, ...] = field(repr=False)
-    tolerance_seconds: float = 300.0
+    tolerance_seconds: float = DEFAULT_TOLERANCE
     header: str = DEFAULT_HMAC_HEADER
 
 
@@ -136,12 +138,12 @@ class _Loader:
             agents=self.agents(doc.get("agents", {})),
             genesys=self.genesys(self.requests_per_minute(genesys)),
             database_url=database_url(self.env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
-            max_body_bytes=self.number(intake, "intake.max_body_bytes", 262144, int, 1024),
-            trusted_proxies=self.number(intake, "intake.trusted_proxies", 1, int, 0),
-            **{name: self.number(processing, f"processing.{name}", default, kind, low)
-               for name, (default, kind, low) in PROCESSING_KEYS.items()},
+            max_body_bytes=self.number(intake, "intake.max_body_bytes", 262144, int, 1024, 16 * 2**20),
+            trusted_proxies=self.number(intake, "intake.trusted_proxies", 1, int, 0, 10),
+            **{name: self.number(processing, f"processing.{name}", default, kind, low, high)
+               for name, (default, kind, low, high) in PROCESSING_KEYS.items()},
             metrics_token=self.env.get("METRICS_TOKEN", "").strip() or None,
-            keep_days=self.number(retention, "retention.keep_days", 30.0, float, 1),
+            keep_days=self.number(retention, "retention.keep_days", 30.0, float, 1, 36500),
             config_path=self.path,
             log_format=self.choice("LOG_FORMAT", ("plain", "json"), "plain"),
             log_level=self.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
@@ -185,7 +187,7 @@ class _Loader:
             self.problem(f"{key}.{name}", f"unknown key; [{key}] has {', '.join(known)}")
         return value
 
-    def number(self, table: Mapping[str, Any], key: str, default: Any, kind: type, low: float) -> Any:
+    def number(self, table: Mapping[str, Any], key: str, default: Any, kind: type, low: float, high: float) -> Any:
         value = table.get(key.rsplit(".", 1)[-1], default)
         wrong_kind = kind is int and not isinstance(value, int)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or wrong_kind:
@@ -197,11 +199,11 @@ class _Loader:
         if value < low:
             self.problem(key, f"must be at least {low}, got {value}")
             return default
-        try:
-            return kind(value)
-        except OverflowError:  # an integer past float's range
-            self.problem(key, f"is too large, got {value}")
+        if value > high:  # a typo's extra zeros: millions of threads, a purge that cannot name its date
+            shown = str(value) if len(str(value)) <= 20 else f"{str(value)[:17]}..."
+            self.problem(key, f"must be at most {high:,.0f}, got {shown}")
             return default
+        return kind(value)
 
     def sources(self, value: Any) -> dict[str, Source]:
         if not isinstance(value, dict) or not value:
@@ -235,7 +237,7 @@ class _Loader:
         if not isinstance(header, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,100}", header):
             self.problem(f"{key}.header", "must be an HTTP header name such as X-Hub-Signature-256")
             ok = False
-        tolerance = self.number(table, f"{key}.tolerance_seconds", 300.0, float, 1)
+        tolerance = self.number(table, f"{key}.tolerance_seconds", DEFAULT_TOLERANCE, float, 1, DAY)
         secrets = self.secrets(name)
         if not ok or not secrets:
             return None
@@ -274,7 +276,7 @@ class _Loader:
 
     def requests_per_minute(self, table: Mapping[str, Any]) -> float:
         key = "genesys.requests_per_minute"
-        value: float = self.number(table, key, DEFAULT_REQUESTS_PER_MINUTE, float, 0)
+        value: float = self.number(table, key, DEFAULT_REQUESTS_PER_MINUTE, float, 0, 100_000)
         if 0 < value < MIN_REQUESTS_PER_MINUTE:
             self.problem(key, f"must be 0 (no spacing) or at least {MIN_REQUESTS_PER_MINUTE:g}, got {value:g}; "
                          "Genesys allows 300 a minute per client-credentials token unless support raised it")
@@ -310,11 +312,11 @@ class _Loader:
         return result
 
 
-PROCESSING_KEYS: dict[str, tuple[Any, type, float]] = {
-    "max_event_age_seconds": (120.0, float, 1),
-    "retry_budget_seconds": (30.0, float, 0),
-    "worker_threads": (4, int, 0),
-    "worker_queue_size": (1000, int, 1),
-    "sweep_interval_seconds": (10.0, float, 0.1),
-    "stale_claim_seconds": (60.0, float, 1),
+PROCESSING_KEYS: dict[str, tuple[Any, type, float, float]] = {  # default, kind, lowest, highest
+    "max_event_age_seconds": (120.0, float, 1, DAY),
+    "retry_budget_seconds": (30.0, float, 0, 3600),
+    "worker_threads": (4, int, 0, 64),
+    "worker_queue_size": (1000, int, 1, 1_000_000),
+    "sweep_interval_seconds": (10.0, float, 0.1, 3600),
+    "stale_claim_seconds": (60.0, float, 1, DAY),
 }

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 
 from webhook import events as events_mod
-from webhook.config import Settings
+from webhook.config import DEFAULT_TOLERANCE, Settings
 from webhook.errors import GenesysError, GenesysNotFoundError, StoreError
 from webhook.events import Envelope, InvalidItem, TicketEvent
 from webhook.genesys import PARTICIPANT_RULE_CODES, TOKEN_PATH, Attempt, GenesysClient, Target, explain
@@ -54,6 +54,16 @@ def age_verdict(occurred_at: datetime, now: datetime, max_age: float) -> str | N
         return None
     return (f"event is {age:.0f} s old (limit {max_age:.0f} s): too late to change the microphone; "
             "replay it with --force if it must still be applied")
+
+
+def future_verdict(occurred_at: datetime, now: datetime, skew: float) -> str | None:
+    """Return why an event dated ahead of now by more than the clock skew allowed is not acted on, or None."""
+    ahead = (occurred_at - now).total_seconds()
+    if ahead <= skew:
+        return None
+    return (f"event is dated {ahead:.0f} s in the future (more than the {skew:.0f} s of clock skew its source "
+            "allows): acting on it would let it overrule every event for this agent until then; fix the sender's "
+            "clock, or replay it with --force")
 
 
 def budget_deadline(monotonic_now: float, *, budget: float, occurred_at: datetime, now: datetime,
@@ -194,9 +204,9 @@ class Processor:
         target = f"{decision.action} {event.agent} by {decision.detail}"
         if force:
             return Plan(decision.action, None, f"{target}; forced past the age and ordering guards")
-        too_old = age_verdict(event.occurred_at, now, self.settings.max_event_age_seconds)
-        if too_old:
-            return Plan(decision.action, "expired", too_old)
+        refused = self._out_of_time(event, now)
+        if refused:
+            return Plan(decision.action, *refused)
         agent = event.agent.lower()  # e-mails and UUIDs are case-insensitive: one slot per agent
         slot = self._take_slot(agent, event, event_pk, now, deadline) if write else self._slot(agent, event, event_pk)
         if slot == OLDER:
@@ -207,6 +217,15 @@ class Processor:
                         f"another event for {event.agent} was still changing the microphone when this event's "
                         "retry budget ran out; replay it if it must still be applied")
         return Plan(decision.action, None, target, held=agent if deadline is not None else None)
+
+    def _out_of_time(self, event: TicketEvent, now: datetime) -> tuple[str, str] | None:
+        """Return (state, detail) for an event too old to act on, or dated too far ahead; None when it is on time."""
+        too_old = age_verdict(event.occurred_at, now, self.settings.max_event_age_seconds)
+        if too_old:
+            return "expired", too_old
+        source = self.settings.sources.get(event.source)
+        too_new = future_verdict(event.occurred_at, now, source.tolerance_seconds if source else DEFAULT_TOLERANCE)
+        return ("skipped", too_new) if too_new else None
 
     def _take_slot(self, agent: str, event: TicketEvent, event_pk: int, now: datetime, deadline: float | None) -> str:
         """Advance the agent's slot; live, hold it while acting, waiting (within the deadline) for another holder."""
