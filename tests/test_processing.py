@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Clock, make_settings
-from webhook.errors import GenesysBadRequestError, GenesysBudgetError, GenesysNotFoundError, StoreError
+from webhook.errors import GenesysBadRequestError, GenesysBudgetError, GenesysNotFoundError
 from webhook.events import PRESETS
 from webhook.genesys import Attempt, Target
 from webhook.processing import Processor, age_verdict, budget_deadline
@@ -321,21 +321,6 @@ def test_two_workers_never_patch_one_agent_out_of_order(store: Store) -> None:
     outcome = fast.process(newer)  # waits (sleep) until the older event has finished its PATCH
     assert patches == [True, False]  # the newer unmute lands last, so the agent ends unmuted
     assert outcome.new_state == "applied"
-
-
-def test_a_dry_run_is_one_transaction_so_a_store_failure_leaves_the_event_received(store: Store,
-                                                                                  monkeypatch: Any) -> None:
-    event = save(store)
-
-    def broken(*args: Any, **kwargs: Any) -> bool:
-        raise StoreError("the database cannot be used: OperationalError")
-
-    monkeypatch.setattr(store, "finish", broken)
-    with pytest.raises(StoreError):
-        processor(store, Clock(T0)).process(event)
-    record = store.get(event)
-    assert record is not None and (record.state, record.claimed_at) == ("received", None)  # the sweeper's, at once
-    assert store.agent_slot(JANE) is None
 
 
 @pytest.mark.parametrize(("ahead", "state"), [(300, "dry_run"), (301, "skipped"), (86400 * 365 * 7000, "skipped")])

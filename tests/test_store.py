@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -474,28 +473,3 @@ def test_unreachable_database_raises_store_error_without_the_password(
 def test_database_url_uses_the_psycopg_driver(given: str, used: str) -> None:
     assert database_url(given) == used
 
-
-# ---------------------------------------------------------------- one transaction for a unit of work
-
-def test_a_transaction_block_commits_every_call_together_or_none(store: Store) -> None:
-    [one, two] = store.save([new("one"), new("two")])
-    with store.transaction():
-        assert store.claim(one.id, now=T0, stale_before=T0 - STALE) is not None
-        store.finish(one.id, state="dry_run", detail="would mute", now=T0, claimed_at=T0)
-        assert store.get(one.id).state == "dry_run"  # type: ignore[union-attr]  # seen inside the block
-    assert store.get(one.id).state == "dry_run"  # type: ignore[union-attr]
-    with pytest.raises(RuntimeError), store.transaction():
-        store.claim(two.id, now=T0, stale_before=T0 - STALE)
-        with store.transaction():  # nested: the same transaction
-            store.advance_agent(AGENT, occurred_at=T0, event_pk=two.id, now=T0)
-        raise RuntimeError("processing broke")
-    record = store.get(two.id)
-    assert record is not None and (record.state, record.claimed_at) == ("received", None)  # rolled back together
-    assert store.agent_slot(AGENT) is None
-
-
-def test_a_database_error_inside_a_transaction_block_is_a_store_error_and_undoes_the_block(store: Store) -> None:
-    with pytest.raises(StoreError), store.transaction():
-        store.save([new("one")])
-        store.save([replace(new("two"), event_id=None)])  # type: ignore[arg-type]  # NOT NULL refuses it
-    assert store.counts() == {}

@@ -104,12 +104,6 @@ class Processor:
 
     def process(self, event_pk: int, *, states: tuple[str, ...] = ("received",), force: bool = False) -> Outcome:
         """Claim the event and carry it to a final state; the outcome says what happened and why."""
-        if self.live:
-            return self._process(event_pk, states, force)
-        with self.store.transaction():  # nothing is waited for: claim, decide and finish in one transaction
-            return self._process(event_pk, states, force)
-
-    def _process(self, event_pk: int, states: tuple[str, ...], force: bool) -> Outcome:
         now = self.clock()
         stale = now - timedelta(seconds=self.settings.stale_claim_seconds)
         before = self.store.claim(event_pk, now=now, stale_before=stale, states=states)

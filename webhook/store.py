@@ -6,7 +6,6 @@ import builtins  # in Store, "list" is the method: annotations there say builtin
 import hashlib
 import json
 import logging
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -264,7 +263,6 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self._local = threading.local()  # the connection of this thread's transaction() block, if any
         self._insert_event = self._insert_ignore(events, ["source", "event_id"], returning="id")
 
     @classmethod
@@ -283,26 +281,8 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Run every store call this thread makes inside the block in one transaction: committed at the end, rolled
-        back (and StoreError raised) if any of them fails. Never around a call to Genesys: it holds locks."""
-        if getattr(self._local, "conn", None) is not None:
-            yield
-            return
-        with self._tx() as conn:
-            self._local.conn = conn
-            try:
-                yield
-            finally:
-                self._local.conn = None
-
-    @contextmanager
     def _tx(self) -> Iterator[Connection]:
         try:
-            outer = getattr(self._local, "conn", None)
-            if outer is not None:
-                yield outer
-                return
             with self.engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
