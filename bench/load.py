@@ -42,7 +42,6 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import tempfile
 import threading
@@ -332,10 +331,7 @@ def check_order(verdict: Verdict, fake: FakeGenesys, generator: Generator, by_co
 def running(fake: FakeGenesys, db_url: str, tmp: Path, name: str, workers: int, per_minute: float,
             **processing: float) -> Iterator[Service]:
     """Start the service against the fake and this database, with these knobs; always stop it."""
-    config = write_config(tmp / f"{name}.toml", **processing)
-    text = re.sub(r"(?m)^requests_per_minute\s*=\s*[0-9.]+", f"requests_per_minute = {per_minute:g}",
-                  config.read_text(encoding="utf-8"), count=1)
-    config.write_text(text, encoding="utf-8")
+    config = write_config(tmp / f"{name}.toml", requests_per_minute=per_minute, **processing)
     env = service_env(fake, db_url, config, LOG_LEVEL="WARNING", WEB_CONCURRENCY=str(workers))
     with Service(env, tmp, workers=workers, name=name) as service:
         yield service

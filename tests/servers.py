@@ -48,9 +48,14 @@ def wait_until(predicate: Callable[[], T | None], timeout: float, *, interval: f
         time.sleep(interval)
 
 
-def write_config(path: Path, **processing: float) -> Path:
-    """Write a copy of the shipped config/webhook.toml with the given [processing] knobs changed; return its path."""
+def write_config(path: Path, *, requests_per_minute: float | None = None, **processing: float) -> Path:
+    """Write a copy of the shipped config/webhook.toml with the given [processing] knobs (and [genesys]
+    requests_per_minute) changed; return its path."""
     source = Path(CONFIG).read_text(encoding="utf-8")
+    if requests_per_minute is not None:
+        source, found = re.subn(r"(?m)^requests_per_minute\s*=\s*[0-9.]+",
+                                f"requests_per_minute = {requests_per_minute:g}", source, count=1)
+        assert found, "config/webhook.toml has no [genesys] requests_per_minute"
     head, sep, rest = source.partition("\n[processing]\n")
     assert sep, "config/webhook.toml has no [processing] table"
     after = re.search(r"(?m)^\[", rest)  # the next table, which must keep its own keys
