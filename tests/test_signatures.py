@@ -125,6 +125,15 @@ def gh(*, secret: str = GH_SECRET, body: bytes = BODY, header: str = DEFAULT_HMA
     return {header: gh_sig(secret, body)}
 
 
+def _noncanonical(encoded: str) -> str:
+    """The same bytes in non-canonical base64: a 32-byte MAC's last character before '=' has two unused low bits."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    data = encoded.rstrip("=")
+    spelt = data[:-1] + alphabet[alphabet.index(data[-1]) ^ 1] + encoded[len(data):]
+    assert spelt != encoded and base64.b64decode(spelt) == base64.b64decode(encoded)
+    return spelt
+
+
 def _replace(headers: dict[str, str], replace: dict[str, str]) -> dict[str, str]:
     """Override headers by keyword (underscores for dashes); the value None... is spelled DROP to remove one."""
     out = dict(headers)
@@ -619,6 +628,14 @@ BAD = [
     pytest.param("hmac-sha256", gh(secret=""), {"secrets": ["", GH_SECRET]}, MISMATCH, id="gh-empty-key-forgery"),
     pytest.param("zendesk", zd(secret=""), {"secrets": [" ", ZD_SECRET]}, MISMATCH, id="zd-empty-key-forgery"),
     pytest.param("standard", std(key=b""), {"secrets": ["whsec_", STD_SECRET]}, MISMATCH, id="std-empty-key-forgery"),
+    # The same MAC spelt with the unused low bits of the last base64 character set (found by the fuzz run): the
+    # senders' libraries compare the base64 text, so only the canonical spelling is a valid signature.
+    pytest.param("standard", std(webhook_signature="v1," + _noncanonical(std_sig()[3:])), {},
+                 _malformed("webhook-signature"), id="std-noncanonical-base64"),
+    pytest.param("zendesk", zd(x_zendesk_webhook_signature=_noncanonical(zd_sig())), {},
+                 _malformed("X-Zendesk-Webhook-Signature"), id="zd-noncanonical-base64"),
+    pytest.param("hubspot-v3", hs(x_hubspot_signature_v3=_noncanonical(hs_sig())), {},
+                 _malformed("X-HubSpot-Signature-v3"), id="hs-noncanonical-base64"),
 ]
 
 
