@@ -827,7 +827,7 @@ def test_threads_share_the_bucket_and_never_get_the_same_slot(clock: FakeClock) 
     assert sorted(waits) == pytest.approx([0.0] * 30 + [n / 4.5 for n in range(1, 131)])
 
 
-def test_a_failed_request_gives_its_slot_back(rsps: responses.RequestsMock, clock: FakeClock) -> None:
+def test_a_failed_request_is_no_longer_counted_in_flight(rsps: responses.RequestsMock, clock: FakeClock) -> None:
     add_token(rsps)
     rsps.patch(PATCH, body=requests.exceptions.ConnectionError("refused"))
     rsps.patch(PATCH, status=202, headers=limit_headers(10, 9, 30))
@@ -835,6 +835,36 @@ def test_a_failed_request_gives_its_slot_back(rsps: responses.RequestsMock, cloc
     mute(client, clock)
     assert client.limiter is not None and client.limiter.reserve(math.inf) == 0  # nothing left in flight
     assert client.limiter.reserve(math.inf) == 30
+
+
+@pytest.mark.parametrize("retry_after", ["600", "inf", "nan", "1e309"])
+def test_an_absurd_retry_after_holds_no_other_thread(rsps: responses.RequestsMock, clock: FakeClock,
+                                                     retry_after: str) -> None:
+    add_token(rsps)
+    rsps.patch(PATCH, status=429, headers={"Retry-After": retry_after},
+               json={"message": "Rate limit exceeded", "code": "too.many.requests", "status": 429})
+    client = spaced_client(clock, 300)
+    with pytest.raises(GenesysError):  # this event gives up (or backs off within its budget) ...
+        mute(client, clock, budget=2)
+    assert client.limiter is not None and client.limiter.reserve(math.inf) == 0  # ... and the process goes on
+
+
+def test_an_interrupted_wait_for_a_slot_still_settles_it(rsps: responses.RequestsMock, clock: FakeClock) -> None:
+    add_token(rsps)
+    client = spaced_client(clock, 300)
+    assert client.limiter is not None
+    client.limiter.settle(retry_after=5)  # another thread's 429: the next request waits
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    client._sleep = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        mute(client, clock)
+    clock.advance(5)
+    client.limiter.reserve(math.inf)
+    client.limiter.settle(RateLimitHeaders(allowed=10, count=8, reset=30))  # two left, if nothing leaked in flight
+    assert [client.limiter.reserve(math.inf) for _ in range(3)] == [0, 0, 30]
 
 
 @pytest.mark.parametrize(("headers", "parsed"), [

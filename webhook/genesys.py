@@ -224,7 +224,7 @@ class RateLimiter:
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
             now = self._clock()
-            if retry_after is not None:
+            if retry_after is not None and retry_after <= MAX_RETRY_AFTER:  # past it the event gives up, nobody waits
                 self._hold_until = max(self._hold_until, now + retry_after)
             if reported is not None:
                 self._narrow(reported, now)
@@ -337,11 +337,12 @@ def _error_from(response: requests.Response) -> GenesysError:
 
 
 def _retry_after(response: requests.Response) -> float | None:
-    """Return the Retry-After header in seconds, or None when absent or not a number."""
+    """Return the Retry-After header in seconds, or None when absent or not a finite number."""
     try:
-        return max(0.0, float(response.headers["Retry-After"]))
+        value = float(response.headers["Retry-After"])
     except (KeyError, ValueError):
         return None
+    return max(0.0, value) if math.isfinite(value) else None
 
 
 # --- the token --------------------------------------------------------------------------------------------------
@@ -662,11 +663,11 @@ class GenesysClient:
         if self.limiter is None:
             return self._exchange(method, path, token, deadline, record, body)
         wait = self.limiter.reserve(deadline)
-        if wait > 0:
-            logger.debug("genesys %s %s waits %.3fs for a rate-limit slot", method, path, wait)
-            self._sleep(wait)
         response: requests.Response | None = None
-        try:
+        try:  # the slot is settled whatever happens from here on, or its request would count as in flight for good
+            if wait > 0:
+                logger.debug("genesys %s %s waits %.3fs for a rate-limit slot", method, path, wait)
+                self._sleep(wait)
             response = self._exchange(method, path, token, deadline, record, body)
         finally:
             if response is None:
