@@ -267,7 +267,7 @@ def test_a_newer_event_waits_while_an_older_one_is_acting_on_the_same_agent(stor
     def older_finishes(seconds: float) -> None:
         Ticking.sleep(ticking, seconds)
         if len(ticking.sleeps) == 3:
-            store.finish(older, state="applied", detail="muted", now=clock(), claimed_at=T0, release_agent=JANE)
+            store.finish(older, state="applied", detail="muted", now=clock(), claimed_at=T0, release_hold=True)
 
     ticking.sleep = older_finishes  # type: ignore[method-assign]
     outcome = live(store, clock, genesys, ticking).process(newer)
@@ -334,3 +334,20 @@ def test_an_event_dated_in_the_future_past_the_clock_skew_is_not_acted_on(store:
         assert "in the future (more than the 300 s of clock skew its source allows)" in outcome.detail
         assert store.agent_slot(JANE) is None  # the agent's next real event is not blocked
         assert processor(store, Clock(T0)).process(save(store, event_id="real")).new_state == "dry_run"
+
+
+def test_an_internal_error_frees_the_hold_even_for_an_event_parsed_from_its_body(store: Store) -> None:
+    # An imported row (replay --file) has no parsed fields: the hold is found by the event, not by an agent name.
+    body = json.dumps({"event_id": "imported", "occurred_at": T0.isoformat(), "agent": {"email": JANE},
+                       "ticket": {"id": "48213", "status": "payment_in_progress", "previous_status": "open"}}).encode()
+    [saved] = store.save([NewEvent(source="helpdesk", event_id="imported", state="received", detail="",
+                                   received_at=T0, raw_body=body)])
+
+    class Broken(StubGenesys):
+        def set_muted(self, target: Target, muted: bool, *, deadline: float, record: Any = None) -> None:
+            raise RuntimeError("a bug")
+
+    outcome = processor(store, Clock(T0 + timedelta(seconds=1)), Broken(TARGET)).process(saved.id)
+    assert (outcome.new_state, outcome.detail) == ("failed", "internal error while processing; see the service log")
+    assert store.advance_agent(JANE, occurred_at=T0 + timedelta(seconds=1), event_pk=saved.id + 1,
+                               now=T0 + timedelta(seconds=2)) == OURS

@@ -305,9 +305,9 @@ def test_a_held_slot_keeps_newer_events_waiting_until_it_is_freed_or_expires(sto
     assert store.advance_agent(AGENT, occurred_at=T0 - timedelta(seconds=1), event_pk=1, now=T0) == OLDER
     assert store.advance_agent(AGENT, occurred_at=T0, event_pk=held.id, now=T0, hold_until=until) == OURS
     assert store.agent_slot(AGENT) == (T0, held.id)
-    # finish(release_agent=...) frees the slot with the event's final state, in one transaction.
+    # finish(release_hold=True) frees the slot with the event's final state, in one transaction.
     store.claim(held.id, now=T0, stale_before=T0)
-    assert store.finish(held.id, state="applied", detail="ok", now=T0, claimed_at=T0, release_agent=AGENT)
+    assert store.finish(held.id, state="applied", detail="ok", now=T0, claimed_at=T0, release_hold=True)
     assert store.advance_agent(AGENT, **newer, now=T0 + timedelta(seconds=3), hold_until=until) == OURS
     # A holder that never finishes (its process died) frees the agent when its hold runs out.
     later = {"occurred_at": T0 + timedelta(seconds=9), "event_pk": held.id + 2}
@@ -316,12 +316,23 @@ def test_a_held_slot_keeps_newer_events_waiting_until_it_is_freed_or_expires(sto
     assert store.agent_slot(AGENT) == (later["occurred_at"], later["event_pk"])
 
 
-def test_releasing_needs_the_holder(store: Store) -> None:
-    [one] = store.save([new("one")])
-    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=one.id, now=T0, hold_until=T0 + timedelta(hours=1)) \
-        == OURS
-    store.finish(one.id + 1, state="failed", detail="x", now=T0, release_agent=AGENT)  # not the holder: no effect
-    assert store.advance_agent(AGENT, occurred_at=T0 + timedelta(seconds=1), event_pk=one.id + 1, now=T0) == BUSY
+def test_only_the_holder_frees_a_hold_and_only_while_its_claim_holds(store: Store) -> None:
+    [one, two] = store.save([new("one"), new("two")])
+    hour = T0 + timedelta(hours=1)
+    store.claim(two.id, now=T0, stale_before=T0)
+    store.finish(two.id, state="failed", detail="x", now=T0, claimed_at=T0, release_hold=True)  # holds nothing
+    # Worker 1 claims event one and holds the agent; it stalls, the sweeper hands the event to worker 2, which takes
+    # the hold again (same event); when worker 1 finally finishes, its claim is gone and so is its right to release.
+    store.claim(one.id, now=T0, stale_before=T0)
+    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=one.id, now=T0, hold_until=hour) == OURS
+    later = T0 + timedelta(minutes=2)
+    assert store.claim(one.id, now=later, stale_before=later - STALE) is not None
+    assert store.advance_agent(AGENT, occurred_at=T0, event_pk=one.id, now=later, hold_until=hour) == OURS
+    assert not store.finish(one.id, state="applied", detail="late", now=later, claimed_at=T0, release_hold=True)
+    newer = {"occurred_at": T0 + timedelta(seconds=1), "event_pk": two.id, "now": later}
+    assert store.advance_agent(AGENT, **newer) == BUSY  # worker 2 still holds it
+    assert store.finish(one.id, state="applied", detail="ok", now=later, claimed_at=later, release_hold=True)
+    assert store.advance_agent(AGENT, **newer) == OURS
 
 
 # ---------------------------------------------------------------- the sweeper's query

@@ -30,6 +30,7 @@ from webhook.events import FieldMap, encodable, lookup, parse_time, usable_messa
 from webhook.genesys import explain
 from webhook.processing import REPLAYABLE
 from webhook.store import STATES, EventRecord, NewEvent, Store
+from webhook.views import stored_headers
 
 IMPORT_MARK = "x-crm-mute-bridge-import"  # a header kept with every row `replay --file` inserts
 IMPORT_NOTE = "inserted by replay --file; its signature was not verified again"
@@ -446,11 +447,12 @@ def _import(store: Store, line: dict[str, Any], dry_run: bool) -> int | None:
         return existing.id if existing else None
     headers = line["headers"] if isinstance(line.get("headers"), dict) else {}
     message_id = usable_message_id(line.get("message_id") if isinstance(line.get("message_id"), str) else None)
+    source = get_state().settings.sources.get(line["source"])
+    kept = stored_headers(((str(k), str(v)) for k, v in headers.items()), source.header if source else "")
     [saved] = store.save([NewEvent(
         source=line["source"], event_id=line["event_id"], state="received", detail="imported by replay --file",
         received_at=line["received_at"] or get_state().clock(), raw_body=line["body"],
-        headers={str(k): str(v)[:1024] for k, v in headers.items()} | {IMPORT_MARK: IMPORT_NOTE},
-        signed_at=line["signed_at"], message_id=message_id)])
+        headers=kept | {IMPORT_MARK: IMPORT_NOTE}, signed_at=line["signed_at"], message_id=message_id)])
     return saved.id
 
 

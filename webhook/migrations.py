@@ -45,13 +45,15 @@ def _baseline(conn: Connection) -> None:
 
 
 def _agent_hold(conn: Connection) -> None:
-    """Version 2: agent_state.holder and held_until, so that two events never act on one agent at once."""
+    """Version 2: agent_state.holder (indexed) and held_until, so that two events never act on one agent at once."""
     present = {c["name"] for c in inspect(conn).get_columns("agent_state")}
     for name in ("holder", "held_until"):
         if name not in present:  # a database made before versioning got today's columns from step 1
             column = agent_state.c[name]
             kind = column.type.compile(dialect=conn.dialect)
             conn.execute(text(f"ALTER TABLE agent_state ADD COLUMN {name} {kind}"))
+    for index in agent_state.indexes:
+        index.create(conn, checkfirst=True)
 
 
 # Append new steps here (never edit an applied one); change webhook/store.py's tables in the same commit.

@@ -44,7 +44,6 @@ class Plan:
     action: str
     state: str | None
     detail: str
-    held: str | None = None  # the agent whose slot this event holds while it acts (freed when it finishes)
 
 
 def age_verdict(occurred_at: datetime, now: datetime, max_age: float) -> str | None:
@@ -114,16 +113,15 @@ class Processor:
             return Outcome(event_pk, current.action, current.state, current.state,
                            f"not processed: the event is {current.state} and another worker may hold it")
         try:
-            action, state, detail, fields, held = self._run(before, now, force)
+            action, state, detail, fields = self._run(before, now, force)
         except StoreError:
             raise
         except Exception:
             logger.exception("processing failed", extra={"event": event_pk})
             action, state, detail, fields = None, "failed", "internal error while processing; see the service log", {}
-            held = (before.agent or "").lower() or None  # free a hold this event may have taken
         finished = self.clock()
         if not self.store.finish(event_pk, state=state, detail=detail, action=action, now=finished, fields=fields,
-                                 claimed_at=now, release_agent=held):
+                                 claimed_at=now, release_hold=self.live):
             logger.warning("claim lost while processing; another worker finished the event",
                            extra={"event": event_pk, "state": state})
             return Outcome(event_pk, action, before.state, "processing", f"claim lost; {detail}")
@@ -146,22 +144,22 @@ class Processor:
         return Outcome(event_pk, plan.action, record.state, state, plan.detail)
 
     def _run(self, record: EventRecord, now: datetime,
-             force: bool) -> tuple[str | None, str, str, dict[str, object], str | None]:
+             force: bool) -> tuple[str | None, str, str, dict[str, object]]:
         event = self._event(record)
         if isinstance(event, InvalidItem):
-            return None, "invalid", event.reason, {}, None
+            return None, "invalid", event.reason, {}
         fields = self._reparsed_fields(record, event)
         deadline = budget_deadline(self.monotonic(), budget=self.settings.retry_budget_seconds,
                                    occurred_at=event.occurred_at, now=now,
                                    max_age=self.settings.max_event_age_seconds, force=force) if self.live else None
         plan = self._plan(event, record.id, now, force, write=True, deadline=deadline)
         if plan.state is not None:
-            return plan.action, plan.state, plan.detail, fields, plan.held
+            return plan.action, plan.state, plan.detail, fields
         if deadline is None:
             detail = f"would {plan.detail}; dry run (GENESYS_DRY_RUN=true): no request made"
-            return plan.action, "dry_run", detail, fields, None
+            return plan.action, "dry_run", detail, fields
         state, detail = self._act(record.id, event, plan, deadline)
-        return plan.action, state, detail, fields, plan.held
+        return plan.action, state, detail, fields
 
     def _event(self, record: EventRecord) -> TicketEvent | InvalidItem:
         """Rebuild the TicketEvent from the stored row; an invalid row is parsed again with today's mapping."""
@@ -210,7 +208,7 @@ class Processor:
             return Plan(decision.action, "failed",
                         f"another event for {event.agent} was still changing the microphone when this event's "
                         "retry budget ran out; replay it if it must still be applied")
-        return Plan(decision.action, None, target, held=agent if deadline is not None else None)
+        return Plan(decision.action, None, target)
 
     def _out_of_time(self, event: TicketEvent, now: datetime) -> tuple[str, str] | None:
         """Return (state, detail) for an event too old to act on, or dated too far ahead; None when it is on time."""

@@ -130,6 +130,7 @@ agent_state = Table(
     # two events for one agent never call Genesys at once, so an older PATCH can never land after a newer one.
     Column("holder", Id),
     Column("held_until", UTCDateTime()),
+    Index("ix_agent_state_holder", "holder"),
 )
 
 
@@ -163,9 +164,7 @@ _ADVANCE = text(
 ).bindparams(bindparam("who", type_=String()), bindparam("occurred", type_=UTCDateTime()), bindparam("pk"),
              bindparam("now", type_=UTCDateTime()), bindparam("holder"), bindparam("until", type_=UTCDateTime()))
 _SLOT = select(agent_state.c.occurred_at, agent_state.c.event).where(agent_state.c.agent == bindparam("who"))
-_RELEASE = update(agent_state).where(
-    agent_state.c.agent == bindparam("who"), agent_state.c.holder == bindparam("pk"),
-).values(holder=None, held_until=None)
+_RELEASE = update(agent_state).where(agent_state.c.holder == bindparam("pk")).values(holder=None, held_until=None)
 
 # What advance_agent says: this event owns the agent's slot; a newer event owns it (skip this one); or another
 # event is acting on the agent now (wait for it).
@@ -430,24 +429,27 @@ class Store:
 
     def finish(self, event_pk: int, *, state: str, detail: str, now: datetime, action: str | None = None,
                fields: Mapping[str, Any] | None = None, claimed_at: datetime | None = None,
-               release_agent: str | None = None) -> bool:
+               release_hold: bool = False) -> bool:
         """Record an event's final state, detail and action (plus re-parsed fields); with claimed_at, only while
-        that claim still holds; with release_agent, free the hold this event took on that agent's slot, in the same
-        transaction. Return whether the event's row was written."""
+        that claim still holds. With release_hold, free the agent slot this event holds (advance_agent's
+        hold_until), in the same transaction and only if the event's row was written: a run whose claim was taken
+        over must not free the hold its successor took. Return whether the event's row was written."""
         with self._tx() as conn:
-            if release_agent is not None:
-                conn.execute(_RELEASE, {"who": release_agent, "pk": event_pk})
             if claimed_at is not None and not fields:  # the live path: one statement built once
                 params = {"pk": event_pk, "claimed": claimed_at, "new_state": state, "new_detail": detail[:2000],
                           "new_action": action, "now": now}
-                return conn.execute(_FINISH_CLAIMED, params).rowcount == 1
-            values = {"state": state, "detail": detail[:2000], "action": action, "updated_at": now,
-                      "claimed_at": None}
-            values.update(fields or {})
-            query = update(events).where(events.c.id == event_pk)
-            if claimed_at is not None:
-                query = query.where(events.c.state == "processing", events.c.claimed_at == claimed_at)
-            return conn.execute(query.values(**values)).rowcount == 1
+                written = conn.execute(_FINISH_CLAIMED, params).rowcount == 1
+            else:
+                values = {"state": state, "detail": detail[:2000], "action": action, "updated_at": now,
+                          "claimed_at": None}
+                values.update(fields or {})
+                query = update(events).where(events.c.id == event_pk)
+                if claimed_at is not None:
+                    query = query.where(events.c.state == "processing", events.c.claimed_at == claimed_at)
+                written = conn.execute(query.values(**values)).rowcount == 1
+            if written and release_hold:
+                conn.execute(_RELEASE, {"pk": event_pk})
+            return written
 
     def release(self, event_pk: int, *, now: datetime) -> None:
         """Hand a claimed event back to the sweeper (used at shutdown)."""
@@ -467,7 +469,7 @@ class Store:
                       hold_until: datetime | None = None) -> str:
         """Take the agent's ordering slot for this event, in one conditional statement, unless a newer event has it
         (OLDER) or another event holds it while it acts on Genesys (BUSY); OURS when this event may act. With
-        hold_until, this event also holds the slot until then, or until finish(release_agent=...) frees it."""
+        hold_until, this event also holds the slot until then, or until finish(release_hold=True) frees it."""
         params = {"who": agent, "occurred": occurred_at, "pk": event_pk, "now": now,
                   "holder": event_pk if hold_until is not None else None, "until": hold_until}
         with self._tx() as conn:
