@@ -132,8 +132,13 @@ class Result:
         return self.sent / self.seconds if self.seconds else 0.0
 
     def percentile(self, p: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1] if ordered else math.nan
+        return percentile(self.latencies_ms, p)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Return the p-th percentile (nearest rank), NaN when there are none."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1] if ordered else math.nan
 
 
 class Client:
@@ -263,17 +268,17 @@ def measure(server: Service, make: Deliveries, args: argparse.Namespace, drain: 
     return Measured(server.name, closed, fixed)
 
 
-def wait_drained(store: Store | None) -> None:
+def wait_drained(store: Store | None, timeout: float = DRAIN_TIMEOUT) -> None:
     """Let the service's background worker finish what it was handed (bounded), so phases do not overlap."""
     if store is None:
         return
-    deadline = time.monotonic() + DRAIN_TIMEOUT
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         counts = store.counts()
         if not counts.get("received") and not counts.get("processing"):
             return
         time.sleep(0.1)
-    print(f"  (the service still had {store.counts()} after {DRAIN_TIMEOUT:.0f} s)", file=sys.stderr)
+    print(f"  (the service still had {store.counts()} after {timeout:.0f} s)", file=sys.stderr)
 
 
 def machine() -> str:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import math
 import os
 import random
 import sys
@@ -60,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import select  # noqa: E402
 
-from bench.intake import machine  # noqa: E402
+from bench.intake import machine, percentile, wait_drained  # noqa: E402
 from tests.conftest import PG_ENV, postgres_url, scratch_postgres  # noqa: E402
 from tests.fake_genesys import FakeGenesys  # noqa: E402
 from tests.servers import Service, service_env, signed_request, write_config  # noqa: E402
@@ -231,12 +230,6 @@ def send_all(port: int, deliveries: Sequence[Delivery], start: float, senders: i
     return answers
 
 
-def percentile(values: Sequence[float], p: float) -> float:
-    """Return the p-th percentile (nearest rank), NaN when there are none."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1] if ordered else math.nan
-
-
 # ---------------------------------------------------------------- checking
 
 
@@ -250,17 +243,6 @@ class Verdict:
     misordered: list[str] = field(default_factory=list)
     patch_latencies_ms: list[float] = field(default_factory=list)
     event_states: dict[str, str] = field(default_factory=dict)
-
-
-def wait_drained(store: Store, timeout: float = DRAIN_TIMEOUT) -> None:
-    """Wait (bounded) until none of the service's events is received or processing."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        counts = store.counts()
-        if not counts.get("received") and not counts.get("processing"):
-            return
-        time.sleep(0.2)
-    print(f"  (still unfinished after {timeout:.0f} s: {store.counts()})", file=sys.stderr)
 
 
 def verify(store: Store, fake: FakeGenesys, generator: Generator, event_ids: set[str], answers: list[Answer],
@@ -358,7 +340,7 @@ def run_phase(service: Service, fake: FakeGenesys, store: Store, generator: Gene
         if sent.first_sent is None:
             sent.first_sent = answer.sent_at
     event_ids = {d.event_id for d in deliveries}
-    wait_drained(store)
+    wait_drained(store, DRAIN_TIMEOUT)
     verdict = verify(store, fake, generator, event_ids, answers, log_from)
     api = sum(1 for r in fake.log[log_from:] if r.path.startswith("/api/"))
     return answers, verdict, sending, api
