@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -209,6 +210,34 @@ def test_claim_moves_received_to_processing_once(store: Store) -> None:
     record = store.get(pk)
     assert record is not None and (record.state, record.claimed_at, record.updated_at) == ("processing", T0, T0)
     assert record.detail == "claimed from received"  # what `events show` says while it is processed
+
+
+@pytest.mark.parametrize("rival_finishes", [False, True], ids=["rival-processing", "rival-finished"])
+def test_a_claim_loses_when_another_worker_claims_between_its_read_and_its_update(
+        store: Store, db_url: str, rival_finishes: bool) -> None:
+    """The claim reads the event, then sets processing only if the state is still what it read (compare and set):
+    neither a rival's claim nor a rival's finished run in between can be claimed over."""
+    pk = save_one(store, new("evt_1"))
+    rival = Store.from_url(db_url)
+    later = T0 + timedelta(seconds=1)
+    rival_won: list[object] = []
+
+    def rival_in_between(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and not rival_won:
+            rival_won.append(rival.claim(pk, now=later, stale_before=T0 - STALE))
+            if rival_finishes:
+                rival.finish(pk, state="dry_run", detail="would mute", now=later, claimed_at=later)
+
+    sa_event.listen(store.engine, "after_cursor_execute", rival_in_between)
+    try:
+        assert store.claim(pk, now=T0, stale_before=T0 - STALE, states=("received", "dry_run")) is None
+    finally:
+        sa_event.remove(store.engine, "after_cursor_execute", rival_in_between)
+        rival.close()
+    assert rival_won and rival_won[0] is not None
+    after = store.get(pk)
+    assert after is not None and after.updated_at == later
+    assert after.state == ("dry_run" if rival_finishes else "processing")
 
 
 def test_claim_of_a_missing_event_is_none(store: Store) -> None:
@@ -440,6 +469,82 @@ def test_create_schema_is_idempotent(store: Store) -> None:
     assert store.get(pk) is not None
     with store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(attempts)).scalar() == 0
+
+
+# ---------------------------------------------------------------- SQLite's write lock
+
+def other_writer(url: str) -> sqlite3.Connection:
+    """A second connection to the same SQLite file that gives up at once when the write lock is taken."""
+    path = url.split("///", 1)[1]
+    return sqlite3.connect(path, timeout=0, isolation_level=None)
+
+
+def test_sqlite_a_one_statement_write_holds_the_write_lock_only_while_sqlite_runs_it(sqlite_url: str) -> None:
+    """Another process can write as soon as the statement has run, before the store's unit of work even ends (an
+    open transaction would keep the lock while Python code ran: a convoy behind the GIL under load)."""
+    store = Store.from_url(sqlite_url)
+    store.create_schema()
+    pk = save_one(store, new("evt_1"))
+    writer = other_writer(sqlite_url)
+    refused: list[str] = []
+
+    def write_right_after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO agent_state"):
+            try:
+                writer.execute("UPDATE events SET detail = 'written by another process' WHERE id = ?", (pk,))
+            except sqlite3.OperationalError as exc:
+                refused.append(str(exc))
+
+    sa_event.listen(store.engine, "after_cursor_execute", write_right_after)
+    try:
+        assert store.advance_agent(AGENT, occurred_at=T0, event_pk=pk, now=T0) == OURS
+    finally:
+        sa_event.remove(store.engine, "after_cursor_execute", write_right_after)
+        writer.close()
+    assert refused == []
+    assert store.get(pk).detail == "written by another process"  # type: ignore[union-attr]
+    store.close()
+
+
+def test_sqlite_atomic_units_take_the_write_lock_first_so_a_write_in_between_cannot_break_them(
+        sqlite_url: str) -> None:
+    """purge reads ids and then deletes: another process writing between the two waits instead of making the
+    delete fail (a deferred transaction could not upgrade its read to a write after that commit)."""
+    store = Store.from_url(sqlite_url)
+    store.create_schema()
+    old = save_one(store, new("old", received_at=T0 - timedelta(days=40)))
+    writer = other_writer(sqlite_url)
+    refused: list[str] = []
+
+    def write_in_between(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM ATTEMPTS"):
+            try:
+                writer.execute("UPDATE events SET detail = 'in between' WHERE id = ?", (old,))
+            except sqlite3.OperationalError as exc:
+                refused.append(str(exc))
+
+    sa_event.listen(store.engine, "before_cursor_execute", write_in_between)
+    try:
+        assert store.purge(before=T0 - timedelta(days=30)) == 1
+    finally:
+        sa_event.remove(store.engine, "before_cursor_execute", write_in_between)
+        writer.close()
+        store.close()
+    assert refused == ["database is locked"]
+
+
+def test_sqlite_a_failed_atomic_unit_leaves_nothing_behind(sqlite_url: str) -> None:
+    store = Store.from_url(sqlite_url)
+    try:
+        store.create_schema()
+        with pytest.raises(ValueError, match="naive datetime"):
+            store.save([new("evt_1"), new("evt_2", received_at=datetime(2026, 1, 1))])  # the second is refused
+        assert store.counts() == {}
+        writer = other_writer(sqlite_url)  # and the write lock was given back
+        writer.execute("UPDATE events SET detail = 'x'")
+        writer.close()
+    finally:
+        store.close()
 
 
 # ---------------------------------------------------------------- an unreachable database

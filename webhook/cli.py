@@ -20,7 +20,6 @@ import click
 import requests
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
-from sqlalchemy.exc import SQLAlchemyError
 
 from webhook import genesys_client, signatures
 from webhook.app_state import AppState, get_state
@@ -308,10 +307,11 @@ def upgrade_database(url: str) -> None:
 
     store = Store.from_url(url)
     try:
-        with store.engine.begin() as conn:
+        with store.transaction() as conn:
             applied = upgrade(conn)
-    except SQLAlchemyError as exc:
-        raise click.ClickException(f"cannot migrate the database: {type(exc).__name__}; check DATABASE_URL") from exc
+    except StoreError as exc:  # the driver's error, named by its class (never its text: it may hold the URL)
+        raise click.ClickException(f"cannot migrate the database: {type(exc.__cause__).__name__}; "
+                                   "check DATABASE_URL") from exc
     finally:
         store.close()
     latest = MIGRATIONS[-1].version

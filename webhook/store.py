@@ -35,7 +35,6 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    literal,
     or_,
     select,
     text,
@@ -138,14 +137,14 @@ CLAIMED_FROM = "claimed from "  # the detail of an event while it is processing:
 
 # The statements of the per-event path, built once: SQLAlchemy then reuses their cache keys and compiled forms.
 _GET = select(events).where(events.c.id == bindparam("pk"))
+# Claim an event as it was just read (compare and set): its state is unchanged and, for a processing event, so is
+# the claim being taken over. One plain UPDATE: on SQLite it runs and commits without holding the write lock while
+# Python code reads a result.
 _CLAIM = update(events).where(
-    events.c.id == bindparam("pk"),
-    or_(events.c.state.in_(bindparam("states", expanding=True)),
-        and_(events.c.state == "processing", events.c.claimed_at < bindparam("stale", type_=UTCDateTime()))),
+    events.c.id == bindparam("pk"), events.c.state == bindparam("seen"),
+    or_(events.c.state != "processing", events.c.claimed_at == bindparam("seen_claimed", type_=UTCDateTime())),
 ).values(state="processing", claimed_at=bindparam("now", type_=UTCDateTime()),
-         updated_at=bindparam("now", type_=UTCDateTime()),
-         # SET sees the row before the update, RETURNING after it: the detail carries the state claimed from.
-         detail=literal(CLAIMED_FROM) + events.c.state).returning(*events.c)
+         updated_at=bindparam("now", type_=UTCDateTime()), detail=bindparam("claimed_from"))
 _FINISH_CLAIMED = update(events).where(
     events.c.id == bindparam("pk"), events.c.state == "processing",
     events.c.claimed_at == bindparam("claimed", type_=UTCDateTime()),
@@ -262,7 +261,9 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self._insert_event = self._insert_ignore(events, ["source", "event_id"], returning="id")
+        # SQLite hands the new row id back as lastrowid: without RETURNING, the insert runs and commits in one step.
+        self._insert_event = self._insert_ignore(events, ["source", "event_id"],
+                                                 returning=None if self.dialect == "sqlite" else "id")
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -280,9 +281,19 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def _tx(self, *, atomic: bool = False) -> Iterator[Connection]:
+        """One unit of work on a pooled connection, committed at the end and rolled back on an error.
+
+        On SQLite the driver does not open transactions (see _sqlite_pragmas): each statement commits on its own,
+        so SQLite's single write lock is held inside one statement, never while Python code runs between two. A
+        unit of several writes that must stand or fall together passes atomic=True: BEGIN IMMEDIATE takes the
+        write lock up front (a read-then-write transaction could otherwise fail to upgrade when another process
+        wrote in between). On PostgreSQL every unit is one transaction.
+        """
         try:
             with self.engine.begin() as conn:
+                if atomic and self.dialect == "sqlite":
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
                 yield conn
         except SQLAlchemyError as exc:
             refused = getattr(exc, "orig", None)
@@ -292,9 +303,15 @@ class Store:
             logger.warning("store error: %s", type(exc).__name__)
             raise StoreError(f"the database cannot be used: {type(exc).__name__}") from exc
 
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection whose statements commit together or not at all (for migrations)."""
+        with self._tx(atomic=True) as conn:
+            yield conn
+
     def create_schema(self) -> None:
         """Create the tables that do not exist yet (idempotent)."""
-        with self._tx() as conn:
+        with self._tx(atomic=True) as conn:
             metadata.create_all(conn)
 
     def ping(self) -> None:
@@ -304,7 +321,7 @@ class Store:
 
     def save(self, rows: Sequence[NewEvent]) -> list[Saved]:
         """Insert rows in one transaction; a (source, event_id) already stored is reported as a duplicate."""
-        with self._tx() as conn:
+        with self._tx(atomic=len(rows) > 1) as conn:
             if self.dialect == "postgresql" and len(rows) > 1:
                 self._lock_keys(conn, rows)
             return [self._save_one(conn, row) for row in rows]
@@ -326,7 +343,8 @@ class Store:
             "message_id": row.message_id, "raw_body": row.raw_body,
             "headers": json.dumps(dict(row.headers), sort_keys=True), "action": None, "claimed_at": None,
         }
-        row_id = conn.execute(self._insert_event, values).scalar()
+        result = conn.execute(self._insert_event, values)
+        row_id = (result.lastrowid if result.rowcount == 1 else None) if self.dialect == "sqlite" else result.scalar()
         if row_id is not None:
             return Saved(int(row_id), row.source, row.event_id, False, row.state)
         found = conn.execute(
@@ -417,15 +435,19 @@ class Store:
     def claim(
         self, event_pk: int, *, now: datetime, stale_before: datetime, states: Sequence[str] = ("received",)
     ) -> EventRecord | None:
-        """Move an event to processing unless another worker holds a fresh claim; when this caller won it, return
-        the event as it was before (its state then), read in the same statement (UPDATE ... RETURNING); else None."""
+        """Move an event in one of `states` (or processing under a claim older than stale_before) to processing;
+        when this caller won it, return the event as it was before (its state then), else None."""
         with self._tx() as conn:
-            row = conn.execute(_CLAIM, {"pk": event_pk, "states": list(states), "stale": stale_before,
-                                        "now": now}).mappings().first()
-        if row is None:
-            return None
-        record = _record(row)
-        return replace(record, state=record.detail.removeprefix(CLAIMED_FROM), detail="")
+            row = conn.execute(_GET, {"pk": event_pk}).mappings().first()
+            if row is None:
+                return None
+            record = _record(row)
+            stale = record.state == "processing" and record.claimed_at is not None and record.claimed_at < stale_before
+            if record.state not in states and not stale:
+                return None
+            won = conn.execute(_CLAIM, {"pk": event_pk, "seen": record.state, "seen_claimed": record.claimed_at,
+                                        "now": now, "claimed_from": CLAIMED_FROM + record.state}).rowcount == 1
+        return replace(record, claimed_at=now, detail="") if won else None
 
     def finish(self, event_pk: int, *, state: str, detail: str, now: datetime, action: str | None = None,
                fields: Mapping[str, Any] | None = None, claimed_at: datetime | None = None,
@@ -434,7 +456,7 @@ class Store:
         that claim still holds. With release_hold, free the agent slot this event holds (advance_agent's
         hold_until), in the same transaction and only if the event's row was written: a run whose claim was taken
         over must not free the hold its successor took. Return whether the event's row was written."""
-        with self._tx() as conn:
+        with self._tx(atomic=release_hold) as conn:
             if claimed_at is not None and not fields:  # the live path: one statement built once
                 params = {"pk": event_pk, "claimed": claimed_at, "new_state": state, "new_detail": detail[:2000],
                           "new_action": action, "now": now}
@@ -502,7 +524,7 @@ class Store:
         """Delete events received before a time, with their attempts, in batches; return how many went."""
         total = 0
         while True:
-            with self._tx() as conn:
+            with self._tx(atomic=True) as conn:
                 ids = [r[0] for r in conn.execute(
                     select(events.c.id).where(events.c.received_at < before).order_by(events.c.id).limit(batch))]
                 if not ids:
@@ -534,6 +556,9 @@ def _make_sqlite_folder(url: str) -> None:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # The driver's autocommit: no implicit BEGIN before a write, so a one-statement unit holds the write lock only
+    # while SQLite runs it (Store._tx emits BEGIN IMMEDIATE for the units that need several statements).
+    dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
