@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect, text
 
 from tests.conftest import ROOT
+from webhook import migrations
 from webhook.migrations import MIGRATIONS, current_version, schema_versions, upgrade, versions_metadata
 from webhook.store import OURS, Store, metadata
 
@@ -27,9 +30,9 @@ def empty_store(db_url: str) -> Store:
 
 
 def test_a_new_database_is_created_and_stamped_then_left_alone(empty_store: Store) -> None:
-    with empty_store.engine.begin() as conn:
+    with empty_store.transaction() as conn:
         first = upgrade(conn)
-    with empty_store.engine.begin() as conn:
+    with empty_store.transaction() as conn:
         second = upgrade(conn)
         assert current_version(conn) == MIGRATIONS[-1].version
         assert {"events", "attempts", "agent_state", "schema_versions"} <= set(inspect(conn).get_table_names())
@@ -40,7 +43,7 @@ def test_a_new_database_is_created_and_stamped_then_left_alone(empty_store: Stor
 def test_a_database_made_before_versioning_is_brought_under_it(empty_store: Store) -> None:
     with empty_store.engine.begin() as conn:
         metadata.create_all(conn)
-    with empty_store.engine.begin() as conn:
+    with empty_store.transaction() as conn:
         applied = upgrade(conn)
         assert current_version(conn) == MIGRATIONS[-1].version
     assert applied[0].version == 1
@@ -68,13 +71,33 @@ def test_a_version_1_database_gets_the_agent_hold_and_keeps_its_rows(empty_store
         metadata.create_all(conn)  # events and attempts
         versions_metadata.create_all(conn)
         conn.execute(schema_versions.insert().values(version=1, description="baseline", applied_at=t0))
-    with empty_store.engine.begin() as conn:
+    with empty_store.transaction() as conn:
         applied = upgrade(conn)
         assert [m.version for m in applied] == [2]
         assert {"holder", "held_until"} <= {c["name"] for c in inspect(conn).get_columns("agent_state")}
     assert empty_store.agent_slot("jane@example.com") == (t0, 7)
     assert empty_store.advance_agent("jane@example.com", occurred_at=t0, event_pk=8, now=t0,
                                      hold_until=t0 + timedelta(seconds=35)) == OURS
+
+
+def test_a_failing_step_leaves_the_database_as_it_was(empty_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    t0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    with empty_store.transaction() as conn:  # a version 1 database, as in the test above
+        metadata.create_all(conn)
+        versions_metadata.create_all(conn)
+        conn.execute(schema_versions.insert().values(version=1, description="baseline", applied_at=t0))
+    before = {c["name"] for c in inspect(empty_store.engine).get_columns("events")}
+
+    def half_done(conn: Any) -> None:
+        conn.execute(text("ALTER TABLE events ADD COLUMN half_done INTEGER"))
+        raise RuntimeError("step failed half way")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", (MIGRATIONS[0], replace(MIGRATIONS[1], apply=half_done)))
+    with pytest.raises(RuntimeError, match="half way"), empty_store.transaction() as conn:
+        upgrade(conn)
+    with empty_store.transaction() as conn:
+        assert current_version(conn) == 1
+    assert {c["name"] for c in inspect(empty_store.engine).get_columns("events")} == before
 
 
 def test_db_upgrade_reports_an_unreachable_database_without_its_password(tmp_path: Path) -> None:

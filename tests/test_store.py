@@ -76,6 +76,28 @@ def test_same_source_and_event_id_is_a_duplicate_with_the_first_rows_id_and_stat
     assert store.list(limit=None) == [before]
 
 
+def test_a_redelivery_whose_first_row_is_purged_meanwhile_is_stored_again(store: Store, db_url: str) -> None:
+    """Between the insert that hit the stored row and the lookup of that row, purge deletes it: the insert is tried
+    again, and the redelivery is stored as a new event (not a 503, not a duplicate of nothing)."""
+    first = save_one(store, new("evt_1", received_at=T0 - timedelta(days=40)))
+    rival = Store.from_url(db_url)
+    purged: list[int] = []
+
+    def purge_in_between(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO events") and not purged:
+            purged.append(rival.purge(before=T0 - timedelta(days=30)))
+
+    sa_event.listen(store.engine, "after_cursor_execute", purge_in_between)
+    try:
+        [again] = store.save([new("evt_1")])
+    finally:
+        sa_event.remove(store.engine, "after_cursor_execute", purge_in_between)
+        rival.close()
+    assert purged == [1]
+    assert not again.duplicate and again.id != first
+    assert [r.id for r in store.list(limit=None)] == [again.id]
+
+
 def test_same_event_id_under_another_source_is_another_event(store: Store) -> None:
     helpdesk, zendesk = store.save([new("evt_1"), new("evt_1", source="zendesk")])
     assert not helpdesk.duplicate and not zendesk.duplicate

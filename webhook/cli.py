@@ -310,7 +310,7 @@ def upgrade_database(url: str) -> None:
         with store.transaction() as conn:
             applied = upgrade(conn)
     except StoreError as exc:  # the driver's error, named by its class (never its text: it may hold the URL)
-        raise click.ClickException(f"cannot migrate the database: {type(exc.__cause__).__name__}; "
+        raise click.ClickException(f"cannot migrate the database: {type(exc.__cause__ or exc).__name__}; "
                                    "check DATABASE_URL") from exc
     finally:
         store.close()

@@ -137,6 +137,8 @@ CLAIMED_FROM = "claimed from "  # the detail of an event while it is processing:
 
 # The statements of the per-event path, built once: SQLAlchemy then reuses their cache keys and compiled forms.
 _GET = select(events).where(events.c.id == bindparam("pk"))
+_FIND_KEY = select(events.c.id, events.c.state).where(events.c.source == bindparam("source"),
+                                                      events.c.event_id == bindparam("event_id"))
 # Claim an event as it was just read (compare and set): its state is unchanged and, for a processing event, so is
 # the claim being taken over. One plain UPDATE: on SQLite it runs and commits without holding the write lock while
 # Python code reads a result.
@@ -343,18 +345,24 @@ class Store:
             "message_id": row.message_id, "raw_body": row.raw_body,
             "headers": json.dumps(dict(row.headers), sort_keys=True), "action": None, "claimed_at": None,
         }
-        result = conn.execute(self._insert_event, values)
-        row_id = (result.lastrowid if result.rowcount == 1 else None) if self.dialect == "sqlite" else result.scalar()
-        if row_id is not None:
-            return Saved(int(row_id), row.source, row.event_id, False, row.state)
-        found = conn.execute(
-            select(events.c.id, events.c.state).where(events.c.source == row.source, events.c.event_id == row.event_id)
-        ).one()
-        return Saved(int(found.id), row.source, row.event_id, True, found.state)
+        # The stored row is looked up after a conflict; purge may delete it in between (another unit of work on
+        # SQLite, READ COMMITTED on PostgreSQL): then the insert is tried again.
+        for _ in range(2):
+            result = conn.execute(self._insert_event, values)
+            if self.dialect == "sqlite":
+                row_id = result.lastrowid if result.rowcount == 1 else None
+            else:
+                row_id = result.scalar()
+            if row_id is not None:
+                return Saved(int(row_id), row.source, row.event_id, False, row.state)
+            found = conn.execute(_FIND_KEY, {"source": row.source, "event_id": row.event_id}).first()
+            if found is not None:
+                return Saved(int(found.id), row.source, row.event_id, True, found.state)
+        raise StoreError("the event was deleted twice while it was being stored; retry")
 
     @staticmethod
     def _insert_ignore(table: Table, keys: list[str], returning: str | None = None) -> TextClause:
-        """INSERT ... ON CONFLICT (keys) DO NOTHING [RETURNING], the same text on SQLite and PostgreSQL.
+        """INSERT ... ON CONFLICT (keys) DO NOTHING [RETURNING], text that SQLite and PostgreSQL both accept.
 
         Written as typed text because SQLAlchemy does not cache the compiled form of the dialects' own insert
         constructs: compiling one per webhook cost more than the rest of the intake.
@@ -447,7 +455,7 @@ class Store:
                 return None
             won = conn.execute(_CLAIM, {"pk": event_pk, "seen": record.state, "seen_claimed": record.claimed_at,
                                         "now": now, "claimed_from": CLAIMED_FROM + record.state}).rowcount == 1
-        return replace(record, claimed_at=now, detail="") if won else None
+        return replace(record, claimed_at=now, updated_at=now, detail="") if won else None
 
     def finish(self, event_pk: int, *, state: str, detail: str, now: datetime, action: str | None = None,
                fields: Mapping[str, Any] | None = None, claimed_at: datetime | None = None,
