@@ -11,6 +11,11 @@ in bulk before each phase with the time each request is due, so signatures are f
 - open loop: one request every 1/`--rate` s for `--seconds`, whatever the answers do; latency runs from the moment a
   request was due to the end of its answer (a late start counts against the server: no coordinated omission).
 
+For the closed loop it also prints where the CPU went: the CPU of each server's processes per request (for the
+service, until its background worker has processed every event: what an event costs in all), the load generator's
+CPU per request, and how busy the machine was. When both servers saturate the machine, the ratio of throughputs is
+about the inverse ratio of those per-request costs.
+
 The load generator is stdlib http.client on threads: it costs less CPU per request than requests.Session, which
 matters because it shares the machine's CPUs with the servers. Everything is bounded (requests signed per phase, a
 wall-clock cap per phase, start and drain timeouts) and both servers are stopped at the end.
@@ -126,6 +131,9 @@ class Result:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
+    server_cpu_ms: float = math.nan  # CPU of the server's processes per request, its background work included
+    load_cpu_ms: float = math.nan  # CPU of this load generator per request
+    machine_busy: float = math.nan  # share of all CPUs busy (not idle, not waiting for I/O) during the phase
 
     @property
     def rps(self) -> float:
@@ -263,9 +271,42 @@ def measure(server: Service, make: Deliveries, args: argparse.Namespace, drain: 
     budget = min(args.max_requests, int(args.closed_seconds * 20_000))
     burst = make.make(budget, server.port, datetime.now(UTC) + timedelta(seconds=lead))
     time.sleep(max(0.0, lead - 1))
+    assert server.process is not None
+    server_before, load_before, machine_before = server_cpu(server.process.pid), time.process_time(), machine_ticks()
     closed = closed_loop(server.port, burst, args.concurrency, args.closed_seconds)
-    wait_drained(drain)
+    load_after, machine_after = time.process_time(), machine_ticks()
+    wait_drained(drain)  # the events' processing after the answers is part of what a request costs the service
+    if closed.sent:
+        closed.server_cpu_ms = (server_cpu(server.process.pid) - server_before) * 1000 / closed.sent
+        closed.load_cpu_ms = (load_after - load_before) * 1000 / closed.sent
+    total, idle = (after - before for after, before in zip(machine_after, machine_before, strict=True))
+    closed.machine_busy = 1 - idle / total if total else math.nan
     return Measured(server.name, closed, fixed)
+
+
+def server_cpu(master: int) -> float:
+    """CPU seconds (user + system) used so far by a gunicorn master and its live workers; NaN off Linux."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = 0
+    try:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with suppress(OSError):
+                pid, rest = stat.read_text().split(" ", 1)
+                fields = rest.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ... utime is the 12th
+                if int(pid) == master or int(fields[1]) == master:
+                    used += int(fields[11]) + int(fields[12])
+    except OSError:
+        return math.nan
+    return used / ticks
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(all, idle + iowait) CPU ticks of the machine since boot, from /proc/stat; (0, 0) off Linux."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    return sum(values), values[3] + values[4]
 
 
 def wait_drained(store: Store | None, timeout: float = DRAIN_TIMEOUT) -> None:
@@ -307,6 +348,12 @@ def report(bare: Measured, service: Measured, args: argparse.Namespace) -> dict[
          f"target < {TARGET_P99_MS:g} ms: {'PASS' if p99 < TARGET_P99_MS else 'FAIL'}"),
         (f"max at {args.rate:g} req/s (ms)", f"{max(bare.fixed.latencies_ms):9.2f}",
          f"{max(service.fixed.latencies_ms):9.2f}", "", ""),
+        ("server CPU per request, closed loop (ms)", f"{bare.closed.server_cpu_ms:9.2f}",
+         f"{service.closed.server_cpu_ms:9.2f}", "", "the service's processing after the answer included"),
+        ("load generator CPU per request (ms)", f"{bare.closed.load_cpu_ms:9.2f}", f"{service.closed.load_cpu_ms:9.2f}",
+         "", ""),
+        ("machine busy in the closed loop", f"{bare.closed.machine_busy:9.0%}", f"{service.closed.machine_busy:9.0%}",
+         "", ""),
         ("achieved rate (req/s)", f"{bare.fixed.rps:9.1f}", f"{service.fixed.rps:9.1f}", "", ""),
     ]
     print(f"\n{'':38}{'bare app':>12}{'service':>12}")
@@ -321,7 +368,9 @@ def report(bare: Measured, service: Measured, args: argparse.Namespace) -> dict[
         "closed_seconds": args.closed_seconds, "ratio": ratio, "ratio_target": TARGET_RATIO,
         "p99_target_ms": TARGET_P99_MS,
         **{m.name: {"closed_rps": m.closed.rps, "closed_p50_ms": m.closed.percentile(50),
-                    "closed_p99_ms": m.closed.percentile(99), "fixed_rps": m.fixed.rps,
+                    "closed_p99_ms": m.closed.percentile(99), "server_cpu_ms": m.closed.server_cpu_ms,
+                    "load_cpu_ms": m.closed.load_cpu_ms, "machine_busy": m.closed.machine_busy,
+                    "fixed_rps": m.fixed.rps,
                     "fixed_p50_ms": m.fixed.percentile(50), "fixed_p99_ms": m.fixed.percentile(99),
                     "statuses_closed": dict(m.closed.statuses), "statuses_fixed": dict(m.fixed.statuses)}
            for m in (bare, service)},
