@@ -286,18 +286,16 @@ def measure(server: Service, make: Deliveries, args: argparse.Namespace, drain: 
 
 def server_cpu(master: int) -> float:
     """CPU seconds (user + system) used so far by a gunicorn master and its live workers; NaN off Linux."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    used = 0
-    try:
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with suppress(OSError):
-                pid, rest = stat.read_text().split(" ", 1)
-                fields = rest.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ... utime is the 12th
-                if int(pid) == master or int(fields[1]) == master:
-                    used += int(fields[11]) + int(fields[12])
-    except OSError:
+    if not Path("/proc/stat").is_file():
         return math.nan
-    return used / ticks
+    used = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):  # a process that ended meanwhile
+            pid, rest = stat.read_text().split(" ", 1)
+            fields = rest.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ... utime is the 12th
+            if int(pid) == master or int(fields[1]) == master:
+                used += int(fields[11]) + int(fields[12])
+    return used / os.sysconf("SC_CLK_TCK")
 
 
 def machine_ticks() -> tuple[int, int]:
