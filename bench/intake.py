@@ -48,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import Service, dry_run_env, settings_of  # noqa: E402
+from tests.servers import Service, dry_run_env, settings_of, worker_pids  # noqa: E402
 from webhook import signatures  # noqa: E402
 from webhook.config import Settings, secret_variable  # noqa: E402
 from webhook.store import Store  # noqa: E402
@@ -271,30 +271,28 @@ def measure(server: Service, make: Deliveries, args: argparse.Namespace, drain: 
     budget = min(args.max_requests, int(args.closed_seconds * 20_000))
     burst = make.make(budget, server.port, datetime.now(UTC) + timedelta(seconds=lead))
     time.sleep(max(0.0, lead - 1))
-    assert server.process is not None
-    server_before, load_before, machine_before = server_cpu(server.process.pid), time.process_time(), machine_ticks()
+    server_before, load_before, machine_before = server_cpu(server), time.process_time(), machine_ticks()
     closed = closed_loop(server.port, burst, args.concurrency, args.closed_seconds)
     load_after, machine_after = time.process_time(), machine_ticks()
     wait_drained(drain)  # the events' processing after the answers is part of what a request costs the service
     if closed.sent:
-        closed.server_cpu_ms = (server_cpu(server.process.pid) - server_before) * 1000 / closed.sent
+        closed.server_cpu_ms = (server_cpu(server) - server_before) * 1000 / closed.sent
         closed.load_cpu_ms = (load_after - load_before) * 1000 / closed.sent
     total, idle = (after - before for after, before in zip(machine_after, machine_before, strict=True))
     closed.machine_busy = 1 - idle / total if total else math.nan
     return Measured(server.name, closed, fixed)
 
 
-def server_cpu(master: int) -> float:
-    """CPU seconds (user + system) used so far by a gunicorn master and its live workers; NaN off Linux."""
+def server_cpu(server: Service) -> float:
+    """CPU seconds (user + system) used so far by a server's gunicorn master and its live workers; NaN off Linux."""
+    assert server.process is not None, "not running"
     if not Path("/proc/stat").is_file():
         return math.nan
     used = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError):  # a process that ended meanwhile
-            pid, rest = stat.read_text().split(" ", 1)
-            fields = rest.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ... utime is the 12th
-            if int(pid) == master or int(fields[1]) == master:
-                used += int(fields[11]) + int(fields[12])
+    for pid in (server.process.pid, *worker_pids(server)):
+        with suppress(OSError):  # a worker that ended meanwhile
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after "(comm)": utime is 12th
+            used += int(fields[11]) + int(fields[12])
     return used / os.sysconf("SC_CLK_TCK")
 
 

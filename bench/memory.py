@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fake_genesys import FakeGenesys  # noqa: E402
-from tests.servers import Service, service_env, wait_until, write_config  # noqa: E402
+from tests.servers import Service, service_env, wait_until, worker_pids, write_config  # noqa: E402
 from webhook.store import Store  # noqa: E402
 
 TIME_CAP = 600.0  # seconds the whole run may take
@@ -40,11 +40,11 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def worker_pid(master: int) -> int:
-    """Return the pid of the single gunicorn worker under a master."""
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+def worker_pid(service: Service) -> int:
+    """Return the pid of the service's single gunicorn worker."""
+    children = worker_pids(service)
     assert len(children) == 1, f"expected one worker, found {children}"
-    return int(children[0])
+    return children[0]
 
 
 def finished_count(store: Store) -> int:
@@ -78,7 +78,7 @@ def main() -> None:
         service = Service(env, Path(tmp), workers=1, threads=4, name="memory").start()
         store = Store.from_url(db)
         try:
-            pid = worker_pid(service.process.pid)  # type: ignore[union-attr]
+            pid = worker_pid(service)
             print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, worker pid {pid}")
             print(f"{'events':>8} {'rss_mb':>8} {'final':>8}")
             print(f"{0:>8} {rss_mb(pid):>8.1f} {0:>8}")
