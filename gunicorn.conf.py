@@ -24,6 +24,9 @@ timeout = 25  # under the PaaS routers' 30 s
 graceful_timeout = 20  # SIGTERM: in-flight events finish; queued ones stay "received" for the sweeper
 keepalive = 5
 accesslog = "-"
+# The plain access line without the query string (%(U)s, not %(r)s) or the referrer: the OAuth callback's query
+# carries the authorization code and state, which must never reach a log.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
 errorlog = "-"
 preload_app = False  # each worker builds its own app, store pool and background threads after the fork
 

@@ -134,7 +134,7 @@ class Service:
     """
 
     def __init__(self, env: Mapping[str, str], log_dir: Path, *, workers: int = 1, threads: int = 4,
-                 name: str = "service", app: str = "wsgi:app") -> None:
+                 name: str = "service", app: str = "wsgi:app", port: int = 0) -> None:
         self.env = dict(env)
         self.settings = settings_of(env)
         self.log_dir = log_dir
@@ -142,7 +142,8 @@ class Service:
         self.threads = threads
         self.name = name
         self.app = app
-        self.port = 0
+        self.port = port
+        self.fixed_port = port  # 0: a free port at each start; else always this one (a PUBLIC_URL names it)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.session = requests.Session()
@@ -161,7 +162,7 @@ class Service:
         """Create the schema, start gunicorn in its own process group and wait for /healthz."""
         assert self.process is None, "already running"
         create_schema(self.env["DATABASE_URL"])
-        self.port, self.starts = free_port(), self.starts + 1
+        self.port, self.starts = self.fixed_port or free_port(), self.starts + 1
         command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "-b", f"127.0.0.1:{self.port}",
                    "--workers", str(self.workers), "--threads", str(self.threads), self.app]
         # The workers' metrics files beside the log (removed or kept with it), not in gunicorn.conf.py's default.
@@ -274,6 +275,36 @@ def running_service(env: Mapping[str, str], log_dir: Path, **kwargs: Any) -> Ite
         yield service.start()
     finally:
         service.close()
+
+
+def connect_user(fake: FakeGenesys, service_url: str, user_id: str,
+                 path: str = "/genesys/connect") -> requests.Response:
+    """Go through the browser flow as a user: the service's connect page, the fake's login, the callback."""
+    browser = requests.Session()
+    fake.consent_as(user_id)
+    start = browser.get(service_url + path, allow_redirects=False, timeout=10)
+    assert start.status_code == 302, start.text
+    login = browser.get(start.headers["Location"], allow_redirects=False, timeout=10)
+    assert login.status_code == 302, login.text
+    return browser.get(login.headers["Location"], allow_redirects=False, timeout=10)
+
+
+def user_client_env(fake: FakeGenesys, port: int) -> dict[str, str]:
+    """Return the variables of the authorization-code client for a service on this loopback port."""
+    from cryptography.fernet import Fernet
+
+    return {"GENESYS_USER_CLIENT_ID": fake.user_client_id, "GENESYS_USER_CLIENT_SECRET": fake.user_client_secret,
+            "PUBLIC_URL": f"http://127.0.0.1:{port}", "TOKEN_ENCRYPTION_KEY": Fernet.generate_key().decode()}
+
+
+def connect_service_user(fake: FakeGenesys, env: Mapping[str, str], service_url: str, user_id: str) -> None:
+    """Make the one-time link with `genesys connect --service-user` and connect the service user through it."""
+    result = run_cli(env, "genesys", "connect", "--service-user")
+    assert result.returncode == 0, result.stderr
+    link = result.stdout.strip().splitlines()[-1]
+    assert link.startswith(service_url + "/genesys/connect?link="), link
+    answer = connect_user(fake, service_url, user_id, link.removeprefix(service_url))
+    assert answer.status_code == 200 and "as the service user" in answer.text, answer.text
 
 
 def run_cli(env: Mapping[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

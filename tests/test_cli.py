@@ -18,6 +18,8 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from tests.conftest import ROOT, Clock, SignedPost, make_settings
 from webhook import create_app
 from webhook.cli import IMPORT_MARK, IMPORT_NOTE, fresh_env, parse_since
+from webhook.crypto import parse_keys
+from webhook.genesys.model import Attempt
 from webhook.store import Store
 
 
@@ -57,6 +59,13 @@ def test_fresh_env_fills_only_empty_secrets_and_forces_dry_run() -> None:
     assert lines[1].startswith("ZENDESK_WEBHOOK_SECRET=") and len(lines[1]) > 40
     assert lines[-1].startswith("NEW_WEBHOOK_SECRET=whsec_")
     assert fresh_env(example, {"zendesk": "zendesk"}) != out
+
+
+def test_fresh_env_writes_a_token_encryption_key_only_where_none_is_set() -> None:
+    out = fresh_env("TOKEN_ENCRYPTION_KEY=\nGENESYS_USER_CLIENT_ID=\n", {})
+    key = out.splitlines()[0].removeprefix("TOKEN_ENCRYPTION_KEY=")
+    assert parse_keys(key) == (key,) and out.splitlines()[1] == "GENESYS_USER_CLIENT_ID="
+    assert fresh_env("TOKEN_ENCRYPTION_KEY=mine\n", {}) == "TOKEN_ENCRYPTION_KEY=mine\n"
 
 
 def test_send_signs_with_the_source_scheme_and_prints_the_answer(runner: FlaskCliRunner, client: FlaskClient,
@@ -212,8 +221,7 @@ def test_events_purge_deletes_old_events_with_their_attempts(runner: FlaskCliRun
                                                              store: Store, clock: Clock) -> None:
     for n in range(5):
         signed_post("inhouse", generic(f"old_{n}"))
-    store.add_attempt(1, at=clock(), method="GET", path="/x", status=200, code=None, correlation_id=None,
-                      duration_ms=1.0, error=None)
+    store.add_attempt(1, Attempt("GET", "/x", 200, None, None, 1.0, None, at=clock()))
     clock.advance(31 * 86400)
     signed_post("inhouse", generic("new"))
     result = runner.invoke(args=["events", "purge", "--batch", "2"])

@@ -211,3 +211,60 @@ def test_the_genesys_request_spacing_is_configurable(tmp_path: Path) -> None:
 def test_a_bad_genesys_request_spacing_is_named(tmp_path: Path, table: str, message: str) -> None:
     found = problems(tmp_path, f"[sources.x]\nscheme='standard'\n[genesys]\n{table}\n", DRY | {"X_WEBHOOK_SECRET": "s"})
     assert any(message in p for p in found), found
+
+
+USER_CLIENT = {"GENESYS_USER_CLIENT_ID": "code-client", "GENESYS_USER_CLIENT_SECRET": "code-secret",
+               "PUBLIC_URL": "https://bridge.example.com", "GENESYS_REGION": "mypurecloud.ie",
+               "TOKEN_ENCRYPTION_KEY": "8Yx0ZQx0Xj1fTt0mI1bqQb7v1aD0Jd0y5m7JvS2cF4k="}
+
+
+def test_the_user_client_configures_the_agent_and_service_user_identities() -> None:
+    settings = Settings.from_env(DRY | USER_CLIENT, config_path=CONFIG)
+    genesys = settings.genesys
+    assert genesys.identities() == ("agent", "service_user")
+    assert genesys.redirect_uri == "https://bridge.example.com/genesys/callback"
+    assert genesys.connect_url == "https://bridge.example.com/genesys/connect"
+    assert "code-secret" not in repr(settings) and USER_CLIENT["TOKEN_ENCRYPTION_KEY"] not in repr(settings)
+    both = Settings.from_env(DRY | USER_CLIENT | {"GENESYS_CLIENT_ID": "cc", "GENESYS_CLIENT_SECRET": "s"},
+                             config_path=CONFIG)
+    assert both.genesys.identities() == ("agent", "service_user", "client_credentials")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"GENESYS_USER_CLIENT_SECRET": ""}, "GENESYS_USER_CLIENT_SECRET: unset while the other half"),
+    ({"PUBLIC_URL": ""}, "PUBLIC_URL: unset; set the service's public base URL"),
+    ({"TOKEN_ENCRYPTION_KEY": ""}, "TOKEN_ENCRYPTION_KEY: unset; user tokens are kept encrypted"),
+    ({"TOKEN_ENCRYPTION_KEY": "not-a-key"}, "TOKEN_ENCRYPTION_KEY: key 1 of 1 is not a Fernet key"),
+    ({"PUBLIC_URL": "http://bridge.example.com"}, "PUBLIC_URL: 'http://bridge.example.com' is plain http"),
+    ({"GENESYS_API_URL": "http://api.example.com"}, "GENESYS_API_URL: 'http://api.example.com' is plain http"),
+    ({"GENESYS_LOGIN_URL": "ftp://login.example.com"}, "GENESYS_LOGIN_URL: 'ftp://login.example.com' is not an"),
+])
+def test_acting_as_a_user_needs_its_whole_setup(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(DRY | USER_CLIENT | env, config_path=CONFIG)
+    assert [p for p in info.value.problems if message in p], info.value.problems
+
+
+def test_http_is_accepted_for_a_loopback_host_only() -> None:
+    settings = Settings.from_env(DRY | USER_CLIENT | {"PUBLIC_URL": "http://127.0.0.1:5000/",
+                                                      "GENESYS_API_URL": "http://localhost:9000"}, config_path=CONFIG)
+    assert (settings.genesys.public_url, settings.genesys.api_url) == ("http://127.0.0.1:5000", "http://localhost:9000")
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('act_as = ["agent", "robot"]', "genesys.act_as: must be a non-empty list of distinct identities"),
+    ('act_as = ["agent", "agent"]', "genesys.act_as: must be a non-empty list of distinct identities"),
+    ("act_as = []", "genesys.act_as: must be a non-empty list"),
+    ('act_as = ["client_credentials"]', "genesys.act_as: 'client_credentials' is listed but not configured"),
+])
+def test_a_bad_act_as_is_named(tmp_path: Path, table: str, message: str) -> None:
+    toml = Path(CONFIG).read_text(encoding="utf-8").replace("[genesys]\n", f"[genesys]\n{table}\n", 1)
+    env = SECRETS | USER_CLIENT | {"GENESYS_DRY_RUN": "false"}
+    assert [p for p in problems(tmp_path, toml, env) if message in p]
+
+
+def test_act_as_sets_the_order_of_the_identities(tmp_path: Path) -> None:
+    toml = Path(CONFIG).read_text(encoding="utf-8").replace(
+        "[genesys]\n", '[genesys]\nact_as = ["service_user", "agent"]\n', 1)
+    settings = load(tmp_path, toml, SECRETS | USER_CLIENT | {"GENESYS_DRY_RUN": "false"})
+    assert settings.genesys.identities() == ("service_user", "agent")

@@ -251,9 +251,8 @@ def test_a_participant_rule_refusal_fails_with_the_code_and_the_remedy(
 
     assert record.state == "failed"
     assert code in record.detail and "ININ-Correlation-Id" in record.detail
-    assert "only a direct participant of a call" in record.detail and "client-credentials token has no user" in \
-        record.detail
-    assert "user-context token per agent (authorization-code grant with a refresh token)" in record.detail
+    assert f"no identity could act for {JANE}: client_credentials: refused by the participant rule" in record.detail
+    assert "set up the authorization-code client (GENESYS_USER_CLIENT_ID" in record.detail
     # Final: not retried, and a 404 with a participant code is not taken for "the call ended, look again".
     assert [p.status for p in fake.patches] == [REFUSALS[code][0]] and not fake.muted(cid, pid)
 
@@ -261,7 +260,8 @@ def test_a_participant_rule_refusal_fails_with_the_code_and_the_remedy(
 def test_no_call_is_reported_without_a_patch(live: Live, fake: FakeGenesys) -> None:
     fake.add_user(JANE)
     record = live.accepted(live.post("zendesk", zendesk_sample()))
-    assert (record.state, record.detail) == ("no_call", f"{JANE} is not on a live voice call; nothing to mute")
+    assert (record.state, record.detail) == ("no_call", f"{JANE} is not on a live voice call (no connected leg of "
+                                                        "theirs that is not held or monitoring); nothing to mute")
     assert fake.patches == []
 
 
@@ -290,11 +290,12 @@ def test_agent_mute_and_unmute_print_the_target(live: Live, fake: FakeGenesys,
     runner = live.app.test_cli_runner()
     muted = runner.invoke(args=["agent", "mute", JANE])
     assert muted.exit_code == 0, muted.output
-    assert muted.output.strip() == f"muted {JANE}: user {jane}, call {cid}, participant {pid}"
+    assert muted.output.strip() == f"muted {JANE}: user {jane}, call {cid}, participant {pid}, as client_credentials"
     assert fake.muted(cid, pid)
     unmuted = runner.invoke(args=["agent", "unmute", jane, "--conversation", cid])
     assert unmuted.exit_code == 0, unmuted.output
-    assert unmuted.output.strip() == f"unmuted {jane}: user {jane}, call {cid}, participant {pid}"
+    assert unmuted.output.strip() == (f"unmuted {jane}: user {jane}, call {cid}, participant {pid}, "
+                                      "as client_credentials")
     assert [p.body for p in fake.patches] == [{"muted": True}, {"muted": False}] and not fake.muted(cid, pid)
     assert live.store.counts() == {}  # a command by hand stores no event
 
@@ -313,8 +314,10 @@ def test_agent_mute_refused_by_the_participant_rule_exits_1_with_the_explanation
     fake.refuse_mutes("not.a.user")
     result = live.app.test_cli_runner().invoke(args=["agent", "mute", JANE])
     assert result.exit_code == 1
-    assert "HTTP 400 not.a.user: This request requires a user context" in result.output
-    assert "only a direct participant of a call" in result.output and "user-context token" in result.output
+    assert (f"Error: Genesys: no identity could act for {JANE}: client_credentials: refused by the participant rule "
+            "(HTTP 400 not.a.user: This request requires a user context") in result.output
+    assert ("To do: set up the authorization-code client (GENESYS_USER_CLIENT_ID, GENESYS_USER_CLIENT_SECRET, "
+            "PUBLIC_URL) so that agents or a service user can connect") in result.output
     assert len(fake.patches) == 1 and not fake.muted(cid, pid)
 
 
@@ -327,19 +330,21 @@ def check_lines(output: str) -> dict[str, str]:
 def test_genesys_check_against_the_fake(live: Live, fake: FakeGenesys) -> None:
     result = live.app.test_cli_runner().invoke(args=["genesys", "check"])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[0] == f"Genesys API {fake.url}"
+    assert result.output.splitlines()[0] == f"Genesys API {fake.url}; identities tried in order: client_credentials"
     lines = check_lines(result.output)
-    assert list(lines) == ["token", "organization", "user search", "analytics", "participant rule"]
+    assert list(lines) == ["client_credentials token", "client_credentials organization",
+                           "client_credentials user search", "client_credentials analytics", "participant rule"]
     assert all(line.startswith("ok ") for line in lines.values())
-    assert "allowed (directory:user:view)" in lines["user search"]
-    assert "allowed (analytics:conversationDetail:view)" in lines["analytics"]
-    assert "not.a.user" in lines["participant rule"] and "agent mute AGENT" in lines["participant rule"]
+    assert "allowed (directory:user:view)" in lines["client_credentials user search"]
+    assert "allowed (analytics:conversationDetail:view)" in lines["client_credentials analytics"]
+    assert "not.a.user" in lines["participant rule"]
+    assert "the service tries its identities in the order of [genesys] act_as" in lines["participant rule"]
     assert fake.token_requests == 1 and fake.patches == []
 
 
 @pytest.mark.parametrize(("path", "name", "permission"), [
-    ("/api/v2/users/search", "user search", "directory:user:view"),
-    ("/api/v2/analytics/", "analytics", "analytics:conversationDetail:view"),
+    ("/api/v2/users/search", "client_credentials user search", "directory:user:view"),
+    ("/api/v2/analytics/", "client_credentials analytics", "analytics:conversationDetail:view"),
 ])
 def test_genesys_check_names_a_missing_permission(live: Live, fake: FakeGenesys, path: str, name: str,
                                                   permission: str) -> None:
@@ -348,7 +353,8 @@ def test_genesys_check_names_a_missing_permission(live: Live, fake: FakeGenesys,
     result = live.app.test_cli_runner().invoke(args=["genesys", "check"])
     assert result.exit_code == 1
     lines = check_lines(result.output)
-    assert lines[name].startswith(f"FAIL {name}: missing permission {permission}: add it to the OAuth client's role")
+    assert lines[name].startswith(f"FAIL {name}: missing permission {permission}: add it to the role. "
+                                  "Genesys: HTTP 403")
     assert [n for n, line in lines.items() if line.startswith("FAIL")] == [name]
 
 

@@ -42,7 +42,9 @@ from tests.servers import (
     worker_pids,
     write_config,
 )
-from webhook.genesys import BACKOFF_BASE, DEFAULT_TIMEOUT, MAX_ATTEMPTS, TOKEN_PATH
+from webhook.genesys.auth import TOKEN_PATH
+from webhook.genesys.retry import BACKOFF_BASE, MAX_ATTEMPTS
+from webhook.genesys.transport import DEFAULT_TIMEOUT
 from webhook.store import EventRecord, Store
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -456,7 +458,9 @@ def test_a_participant_rule_refusal_for_one_agent_fails_only_that_agents_events(
     failed = [unmutes[1], again]
     for sent in failed:
         record = records[sent.pk]  # type: ignore[index]
-        assert "not.a.user" in record.detail and "user-context token per agent" in record.detail, record.detail
+        assert (f"no identity could act for {refused_agent.name}: client_credentials: refused by the participant "
+                "rule (HTTP 400 not.a.user") in record.detail, record.detail
+        assert "set up the authorization-code client (GENESYS_USER_CLIENT_ID" in record.detail, record.detail
         # Final at once: one PATCH, no retry, no new lookup.
         assert [x.status for x in store.attempts(record.id) if x.method == "PATCH"] == [400]
     assert sorted(p.status for p in fake.patches if p.status != 202) == [400, 400]
@@ -494,7 +498,9 @@ def test_a_call_that_ends_between_the_lookup_and_the_patch(fake: FakeGenesys, sc
         records = settle(stream, store)
 
     check_stream(stream, store, fake, records)
-    assert records[hung_up.pk].detail == f"{gone.name} is not on a live voice call; nothing to mute"  # type: ignore[index]
+    assert records[hung_up.pk].detail == (  # type: ignore[index]
+        f"{gone.name} is not on a live voice call (no connected leg of theirs that is not held or monitoring); "
+        "nothing to mute")
     # The worker that takes it may log in first (a token request, kept as an attempt too): only API calls count here.
     calls = [(x.method, x.path.split("/")[3], x.status) for x in store.attempts(hung_up.pk)  # type: ignore[arg-type]
              if x.path != TOKEN_PATH]

@@ -23,29 +23,19 @@ from webhook.errors import (
     GenesysBadRequestError,
     GenesysBudgetError,
     GenesysError,
+    GenesysNoIdentityError,
     GenesysNotFoundError,
     GenesysPermissionError,
     GenesysRateLimitedError,
     GenesysThrottledError,
     GenesysUnavailableError,
 )
-from webhook.genesys import (
-    BACKOFF_CAP,
-    DEFAULT_REQUESTS_PER_MINUTE,
-    MAX_ATTEMPTS,
-    PARTICIPANT_RULE_CODES,
-    Attempt,
-    ClientCredentials,
-    GenesysClient,
-    RateLimiter,
-    RateLimitHeaders,
-    Target,
-    agent_participant,
-    explain,
-    ratelimit_headers,
-    retry_delay,
-    token_ttl,
-)
+from webhook.genesys.auth import ClientCredentials, token_ttl
+from webhook.genesys.client import GenesysClient, Target, agent_participant
+from webhook.genesys.explain import PARTICIPANT_RULE_CODES, explain
+from webhook.genesys.model import Attempt
+from webhook.genesys.ratelimit import DEFAULT_REQUESTS_PER_MINUTE, RateLimiter, RateLimitHeaders, ratelimit_headers
+from webhook.genesys.retry import BACKOFF_CAP, MAX_ATTEMPTS, retry_delay
 
 API = "https://api.mypurecloud.ie"
 LOGIN = "https://login.mypurecloud.ie"
@@ -219,7 +209,7 @@ def test_refused_login_is_an_auth_error_without_the_secret(rsps: responses.Reque
     assert (caught.value.status, caught.value.code, caught.value.correlation_id) == (401, "invalid_client",
                                                                                      "corr-login")
     assert attempts == [Attempt("POST", "/oauth/token", 401, "invalid_client", "corr-login", 0.0,
-                                "authentication failed")]
+                                "authentication failed", "client_credentials")]
     assert "GENESYS_CLIENT_ID" in explain(caught.value)
     assert SECRET not in str(caught.value) + repr(attempts) + explain(caught.value) + repr(client.tokens)
 
@@ -398,7 +388,7 @@ def test_error_answers_map_to_their_class(rsps: responses.RequestsMock, client: 
     assert (caught.value.status, caught.value.code, caught.value.message, caught.value.correlation_id) == (
         status, code, f"Message for {code}.", "corr-x")
     assert attempts[-1] == Attempt("PATCH", PATCH.removeprefix(API), status, code, "corr-x", 0.0,
-                                   f"Message for {code}.")
+                                   f"Message for {code}.", "client_credentials")
     assert clock.sleeps == []
 
 
@@ -616,13 +606,15 @@ def test_explain_a_participant_rule_refusal(status: int, code: str) -> None:
     error = STATUS_ERRORS[status]("Genesys says no.", status=status, code=code, correlation_id="corr-9")
     text = explain(error)
     assert code in PARTICIPANT_RULE_CODES
-    for part in (f"HTTP {status}", code, "Genesys says no.", "corr-9", "direct participant", "user-context token"):
+    for part in (f"HTTP {status}", code, "Genesys says no.", "corr-9", "only a user change a call participant",
+                 "client-credentials token has no user", "let the service act as a user"):
         assert part in text
     assert "\n" not in text
 
 
 @pytest.mark.parametrize(("error", "hint"), [
-    (GenesysNotFoundError("gone", status=404, code="not.found"), "call ended"),
+    (GenesysNotFoundError("gone", status=404, code="not.found"),
+     "no longer exists, even after the agent's calls were looked up again"),
     (GenesysBadRequestError("x", status=400, code="conversation.error.call.disconnected"), "disconnected"),
     (GenesysRateLimitedError("slow down", status=429, code="too.many.requests"), "Retry-After"),
     (GenesysUnavailableError("down", status=503), "replay"),
@@ -649,9 +641,10 @@ def test_check_names_the_missing_permissions(rsps: responses.RequestsMock, clien
     rsps.post(SEARCH, **genesys_error(403, "missing.permissions", "You are missing directory:user:view"))
     rsps.post(ANALYTICS, **genesys_error(403, "missing.permissions", "You are missing analytics"))
     results = {r.name: r for r in client.check(deadline=clock() + 30)}
-    assert results["token"].ok and results["organization"].ok
-    assert not results["user search"].ok and "missing permission directory:user:view" in results["user search"].detail
-    assert not results["analytics"].ok and "analytics:conversationDetail:view" in results["analytics"].detail
+    assert results["client_credentials token"].ok and results["client_credentials organization"].ok
+    search, analytics = results["client_credentials user search"], results["client_credentials analytics"]
+    assert not search.ok and "missing permission directory:user:view" in search.detail
+    assert not analytics.ok and "analytics:conversationDetail:view" in analytics.detail
     assert "not.a.user" in results["participant rule"].detail
 
 
@@ -659,7 +652,7 @@ def test_check_stops_after_a_refused_login(rsps: responses.RequestsMock, client:
                                            clock: FakeClock) -> None:
     rsps.post(f"{LOGIN}/oauth/token", status=400, json={"error": "invalid_client"})
     results = client.check(deadline=clock() + 30)
-    assert [(r.name, r.ok) for r in results] == [("token", False), ("participant rule", True)]
+    assert [(r.name, r.ok) for r in results] == [("client_credentials token", False), ("participant rule", True)]
     assert "invalid_client" in results[0].detail and SECRET not in results[0].detail
 
 
@@ -884,3 +877,25 @@ def test_ratelimit_headers(headers: dict[str, str], parsed: RateLimitHeaders | N
 def test_a_limit_under_ten_a_minute_is_refused(clock: FakeClock) -> None:
     with pytest.raises(ValueError, match="at least 10"):
         RateLimiter(5, clock=clock)
+
+
+@pytest.mark.parametrize(("answer", "remedy"), [
+    ({"status": 401, "json": {"error": "invalid_client", "error_description": "authentication failed"}},
+     "To do: check GENESYS_CLIENT_ID, GENESYS_CLIENT_SECRET"),
+    (genesys_error(403, "not.authorized", "You are not authorized to search users."),
+     "To do: add the permission the message names to the role"),
+])
+def test_an_identity_that_cannot_log_in_or_search_is_told_its_own_remedy(
+        rsps: responses.RequestsMock, client: GenesysClient, clock: FakeClock, answer: dict[str, Any],
+        remedy: str) -> None:
+    # Found in review: a wrong secret or a missing role permission was told only to set up the user client.
+    if answer["status"] == 401:
+        rsps.post(f"{LOGIN}/oauth/token", **answer)
+    else:
+        add_token(rsps)
+        rsps.post(f"{API}/api/v2/users/search", **answer)
+    with pytest.raises(GenesysNoIdentityError) as caught:
+        client.act(EMAIL, True, deadline=clock() + 30)
+    [reason] = caught.value.reasons
+    assert reason.startswith("client_credentials: Genesys: HTTP ") and remedy in reason
+    assert SECRET not in str(caught.value)

@@ -56,9 +56,10 @@ def test_db_upgrade_command_is_idempotent(tmp_path: Path) -> None:
     first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert ("database at version 2; applied: 1 (events, attempts and per-agent ordering state), "
-            "2 (agent_state: the event acting on an agent now, and until when)") in first.stdout
-    assert second.returncode == 0 and "database already at version 2; nothing to do" in second.stdout
+    assert ("database at version 3; applied: 1 (events, attempts and per-agent ordering state), "
+            "2 (agent_state: the event acting on an agent now, and until when), "
+            "3 (attempts.identity; genesys_connections and oauth_states for acting as a user)") in first.stdout
+    assert second.returncode == 0 and "database already at version 3; nothing to do" in second.stdout
 
 
 def test_a_version_1_database_gets_the_agent_hold_and_keeps_its_rows(empty_store: Store) -> None:
@@ -73,11 +74,38 @@ def test_a_version_1_database_gets_the_agent_hold_and_keeps_its_rows(empty_store
         conn.execute(schema_versions.insert().values(version=1, description="baseline", applied_at=t0))
     with empty_store.transaction() as conn:
         applied = upgrade(conn)
-        assert [m.version for m in applied] == [2]
+        assert [m.version for m in applied] == [2, 3]
         assert {"holder", "held_until"} <= {c["name"] for c in inspect(conn).get_columns("agent_state")}
     assert empty_store.agent_slot("jane@example.com") == (t0, 7)
     assert empty_store.advance_agent("jane@example.com", occurred_at=t0, event_pk=8, now=t0,
                                      hold_until=t0 + timedelta(seconds=35)) == OURS
+
+
+def test_a_version_2_database_gets_the_attempt_identity_and_the_connection_tables(empty_store: Store) -> None:
+    t0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    new_tables = {"genesys_connections", "oauth_states"}
+    with empty_store.engine.begin() as conn:  # attempts as versions 1 and 2 made it: no identity
+        conn.execute(text("CREATE TABLE attempts (id INTEGER PRIMARY KEY, event BIGINT NOT NULL, "
+                          "at TIMESTAMP WITH TIME ZONE NOT NULL, method VARCHAR(10) NOT NULL, "
+                          "path VARCHAR(512) NOT NULL, status INTEGER, code VARCHAR(200), "
+                          "correlation_id VARCHAR(200), duration_ms FLOAT NOT NULL, error TEXT)"))
+        conn.execute(text("INSERT INTO attempts (id, event, at, method, path, status, code, correlation_id, "
+                          "duration_ms, error) VALUES (1, 7, :t, 'PATCH', '/api/v2/x', 202, NULL, 'corr-1', 12.5, "
+                          "NULL)"), {"t": t0})
+        metadata.create_all(conn, tables=[t for t in metadata.sorted_tables
+                                          if t.name not in new_tables | {"attempts"}])
+        versions_metadata.create_all(conn)
+        for version in (1, 2):
+            conn.execute(schema_versions.insert().values(version=version, description="old", applied_at=t0))
+    with empty_store.transaction() as conn:
+        assert not new_tables & set(inspect(conn).get_table_names())
+        applied = upgrade(conn)
+        assert [m.version for m in applied] == [3]
+        assert "identity" in {c["name"] for c in inspect(conn).get_columns("attempts")}
+        assert new_tables <= set(inspect(conn).get_table_names())
+    [kept] = empty_store.attempts(7)
+    assert (kept.method, kept.path, kept.status, kept.correlation_id, kept.duration_ms, kept.identity, kept.at) == (
+        "PATCH", "/api/v2/x", 202, "corr-1", 12.5, None, t0)
 
 
 def test_a_failing_step_leaves_the_database_as_it_was(empty_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:

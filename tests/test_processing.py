@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import Clock, make_settings
-from webhook.errors import GenesysBadRequestError, GenesysBudgetError, GenesysNotFoundError
+from webhook.errors import GenesysBadRequestError, GenesysBudgetError, GenesysError, GenesysNotFoundError
 from webhook.events import PRESETS
-from webhook.genesys import Attempt, Target
+from webhook.genesys.client import Applied, Target, call_gone
+from webhook.genesys.model import CLIENT_CREDENTIALS, Attempt
 from webhook.processing import Processor, age_verdict, budget_deadline
 from webhook.store import OURS, NewEvent, Store
 
@@ -40,6 +41,22 @@ class StubGenesys:
         self.calls.append(("patch", (target.participant_id, muted)))
         if self.errors:
             raise self.errors.pop(0)
+
+    def act(self, agent: str, muted: bool, *, conversation_id: str | None = None, deadline: float,
+            record: Any = None) -> Applied | None:
+        """Like GenesysClient.act with one identity: find, PATCH, once more after an answer saying the call is gone."""
+        for fresh in (False, True):
+            target = self.find_target(agent, conversation_id=conversation_id, deadline=deadline, record=record)
+            if target is None:
+                return None
+            try:
+                self.set_muted(target, muted, deadline=deadline, record=record)
+            except GenesysError as exc:
+                if fresh or not call_gone(exc):
+                    raise
+                continue
+            return Applied(target, CLIENT_CREDENTIALS)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         pass
@@ -91,7 +108,8 @@ def test_an_applied_mute_patches_the_participant_and_keeps_each_attempt(store: S
     genesys = StubGenesys(TARGET)
     outcome = processor(store, Clock(T0 + timedelta(seconds=3)), genesys).process(save(store))
     assert outcome.new_state == "applied"
-    assert outcome.detail.startswith(f"muted {TARGET.user_id} on call conv-1 (participant part-9)")
+    assert outcome.detail.startswith(
+        f"muted {TARGET.user_id} on call conv-1 (participant part-9) as client_credentials")
     assert genesys.calls[1] == ("patch", ("part-9", True))
     [attempt] = store.attempts(outcome.event)
     assert (attempt.method, attempt.status, attempt.correlation_id) == ("POST", 200, "corr-1")
@@ -105,7 +123,9 @@ def test_the_deadline_is_the_budget_but_never_past_the_age_limit(store: Store) -
 
 def test_no_live_call_is_no_call(store: Store) -> None:
     outcome = processor(store, Clock(T0), StubGenesys(None)).process(save(store))
-    assert (outcome.new_state, outcome.detail) == ("no_call", f"{JANE} is not on a live voice call; nothing to mute")
+    assert (outcome.new_state, outcome.detail) == (
+        "no_call", f"{JANE} is not on a live voice call (no connected leg of theirs that is not held or monitoring); "
+                   "nothing to mute")
 
 
 def test_a_genesys_refusal_is_failed_with_its_explanation(store: Store) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from tests.conftest import T0
 from webhook.config import database_url
 from webhook.errors import StoreError
+from webhook.genesys.model import Attempt
 from webhook.store import BUSY, OLDER, OURS, NewEvent, Saved, Store, attempts
 
 AGENT = "jane.agent@example.com"
@@ -421,13 +422,13 @@ def test_pending_finds_old_received_and_stale_processing_only(store: Store) -> N
 
 def test_attempts_round_trip_oldest_first_per_event(store: Store) -> None:
     pk, other = (s.id for s in store.save([new("evt_1"), new("evt_2")]))
-    store.add_attempt(pk, at=T0, method="POST", path="/api/v2/users/search", status=429, code="too.many.requests",
-                      correlation_id="c-1", duration_ms=12.5, error=None)
-    store.add_attempt(pk, at=T0 + timedelta(seconds=1), method="PATCH", path="/p/" + "x" * 600, status=None,
-                      code=None, correlation_id=None, duration_ms=3000.0, error="ReadTimeout")
+    first_in = Attempt("POST", "/api/v2/users/search", 429, "too.many.requests", "c-1", 12.5, None,
+                       "service_user:50fcd33c-1111-4222-8333-944444444444", T0)
+    store.add_attempt(pk, first_in)
+    store.add_attempt(pk, Attempt("PATCH", "/p/" + "x" * 600, None, None, None, 3000.0, "ReadTimeout",
+                                  at=T0 + timedelta(seconds=1)))
     first, second = store.attempts(pk)
-    assert (first.at, first.method, first.path, first.status, first.code, first.correlation_id, first.duration_ms,
-            first.error) == (T0, "POST", "/api/v2/users/search", 429, "too.many.requests", "c-1", 12.5, None)
+    assert first == first_in  # the one Attempt type goes in and comes out whole, identity included
     assert (second.at, second.status, second.error, len(second.path)) == (
         T0 + timedelta(seconds=1), None, "ReadTimeout", 512)
     assert second.at.tzinfo is UTC
@@ -457,8 +458,7 @@ def test_purge_deletes_old_events_and_their_attempts_in_batches(store: Store) ->
     kept = [save_one(store, new(f"new_{n}", received_at=T0 - timedelta(days=1) + timedelta(seconds=n)))
             for n in range(2)]
     for pk in old + kept:
-        store.add_attempt(pk, at=T0, method="PATCH", path="/p", status=202, code=None, correlation_id="c",
-                          duration_ms=1.0, error=None)
+        store.add_attempt(pk, Attempt("PATCH", "/p", 202, None, "c", 1.0, None, at=T0))
     deletes: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:

@@ -5,21 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from datetime import datetime
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhook.config import Settings
-
-if TYPE_CHECKING:
-    from webhook.genesys import GenesysClient
-
-
-def utcnow() -> datetime:
-    """Return the current time as an aware UTC datetime (the default clock)."""
-    return datetime.now(UTC)
+from webhook.genesys.client import utcnow
 
 
 def create_app(
@@ -31,8 +23,8 @@ def create_app(
 ) -> Flask:
     """Build the app: settings from the environment unless given; store, Genesys client, worker, views, commands."""
     from webhook import cli, logs, views
-    from webhook.app_state import AppState
-    from webhook.genesys import GenesysClient
+    from webhook.app_state import AppState, genesys_client, user_connections
+    from webhook.genesys.client import GenesysClient
     from webhook.metrics import Metrics
     from webhook.processing import Processor
     from webhook.store import Store
@@ -50,14 +42,16 @@ def create_app(
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)  # type: ignore[method-assign]
     store = Store.from_url(settings.database_url)
-    client = genesys if genesys is not None else (None if settings.genesys.dry_run else genesys_client(settings))
+    users = user_connections(settings, store, clock)
+    client = genesys if genesys is not None else (None if settings.genesys.dry_run else genesys_client(settings, users))
     assert client is None or isinstance(client, GenesysClient)
     metrics = Metrics()
     processor = Processor(store, settings, client, clock=clock, metrics=metrics)
     worker = Worker(processor, threads=settings.worker_threads, queue_size=settings.worker_queue_size)
     sweeper = Sweeper(store, worker, interval=settings.sweep_interval_seconds,
                       stale_after=settings.stale_claim_seconds, clock=clock)
-    state = AppState(settings, store, client, processor, worker, sweeper, clock, metrics, background=background)
+    state = AppState(settings, store, client, processor, worker, sweeper, clock, metrics, users=users,
+                     background=background)
     app.extensions["webhook"] = state
     logs.init_app(app)
     views.init_app(app)
@@ -68,14 +62,3 @@ def create_app(
         state.start_background()
 
     return app
-
-
-def genesys_client(settings: Settings) -> GenesysClient:
-    """Build the Genesys client of the configured org (client credentials)."""
-    from webhook.genesys import GenesysClient
-
-    api_url, login_url = settings.genesys.hosts()
-    return GenesysClient.from_credentials(
-        region=settings.genesys.region or "", client_id=settings.genesys.client_id or "",
-        client_secret=settings.genesys.client_secret or "", api_url=api_url, login_url=login_url,
-        requests_per_minute=settings.genesys.requests_per_minute)

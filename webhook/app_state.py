@@ -7,10 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import requests
 from flask import current_app
 
 from webhook.config import Settings
-from webhook.genesys import GenesysClient
+from webhook.crypto import TokenCipher
+from webhook.genesys.auth import CodeGrant, UserConnections
+from webhook.genesys.client import GenesysClient
 from webhook.metrics import Metrics
 from webhook.processing import Processor
 from webhook.store import Store
@@ -29,6 +32,7 @@ class AppState:
     sweeper: Sweeper
     clock: Callable[[], datetime]
     metrics: Metrics
+    users: UserConnections | None = None
     background: bool = True
     _started: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -56,3 +60,23 @@ def get_state() -> AppState:
     """Return the current app's shared objects."""
     state: AppState = current_app.extensions["webhook"]
     return state
+
+
+def genesys_client(settings: Settings, users: UserConnections | None = None) -> GenesysClient:
+    """Build the Genesys client of the configured org: client credentials and user connections, as configured."""
+    cfg = settings.genesys
+    api_url, login_url = cfg.hosts()
+    return GenesysClient.from_credentials(
+        region=cfg.region or "", client_id=cfg.client_id, client_secret=cfg.client_secret, api_url=api_url,
+        login_url=login_url, requests_per_minute=cfg.requests_per_minute, users=users, act_as=cfg.identities())
+
+
+def user_connections(settings: Settings, store: Store, clock: Callable[[], datetime]) -> UserConnections | None:
+    """Build the connected users' token source, when the authorization-code client is configured."""
+    cfg = settings.genesys
+    if not cfg.users_configured or not cfg.token_keys:
+        return None
+    api_url, login_url = cfg.hosts()
+    grant = CodeGrant(login_url, api_url, cfg.user_client_id or "", cfg.user_client_secret or "", cfg.redirect_uri,
+                      session=requests.Session())
+    return UserConnections(store, grant, TokenCipher(cfg.token_keys), connect_url=cfg.connect_url, wallclock=clock)

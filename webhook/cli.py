@@ -21,13 +21,15 @@ import requests
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from webhook import genesys_client, signatures
-from webhook.app_state import AppState, get_state
+from webhook import oauth_flow, signatures
+from webhook.app_state import AppState, genesys_client, get_state
 from webhook.config import Settings, secret_variable
-from webhook.errors import ConfigError, GenesysError, StoreError
+from webhook.crypto import generate_key
+from webhook.errors import ConfigError, GenesysError, GenesysNoIdentityError, StoreError
 from webhook.events import FieldMap, encodable, lookup, parse_time, usable_message_id
-from webhook.genesys import explain
-from webhook.processing import REPLAYABLE
+from webhook.genesys.auth import UserConnections
+from webhook.genesys.explain import explain
+from webhook.processing import REPLAYABLE, no_identity_detail
 from webhook.store import STATES, EventRecord, NewEvent, Store
 from webhook.views import stored_headers
 
@@ -48,6 +50,14 @@ def parse_since(value: str | None, now: datetime) -> datetime | None:
         return parse_time(value)
     except ValueError as exc:
         raise click.BadParameter(f"{value!r} is neither a duration such as 1h or 30d nor an ISO-8601 time") from exc
+
+
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape(text: str) -> str:
+    """Show control characters escaped (\\x1b), so stored text cannot drive the operator's terminal."""
+    return CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], widths: dict[int, int] | None = None) -> str:
@@ -110,7 +120,8 @@ def _schemes() -> dict[str, str]:
 
 
 def fresh_env(example: str, schemes: dict[str, str]) -> str:
-    """Fill .env.example's empty webhook secrets with fresh ones in each scheme's form; dry-run Genesys."""
+    """Fill .env.example's empty webhook secrets with fresh ones in each scheme's form, and the token encryption key;
+    dry-run Genesys."""
     wanted = {secret_variable(name): scheme for name, scheme in schemes.items()}
     lines = []
     for original in example.splitlines():
@@ -122,6 +133,8 @@ def fresh_env(example: str, schemes: dict[str, str]) -> str:
                 line = f"{name}={signatures.generate_secret(wanted.pop(name) or 'hmac-sha256')}"
             elif name == "GENESYS_DRY_RUN":
                 line = "GENESYS_DRY_RUN=true"
+            elif name == "TOKEN_ENCRYPTION_KEY" and not value.strip():
+                line = f"TOKEN_ENCRYPTION_KEY={generate_key()}"
         lines.append(line)
     for name, scheme in wanted.items():  # sources the example does not list yet
         lines.append(f"{name}={signatures.generate_secret(scheme or 'hmac-sha256')}")
@@ -219,7 +232,7 @@ def events_show(event_id: int, as_json: bool) -> None:
     attempts = app.store.attempts(event_id)
     if as_json:
         doc = record.summary() | {"headers": dict(record.headers), "body": _body_text(record.raw_body),
-                                  "attempts": [_attempt_json(a) for a in attempts]}
+                                  "attempts": [a.as_json() for a in attempts]}
         click.echo(json.dumps(doc, indent=2))
         return
     for key, value in record.summary().items():
@@ -227,14 +240,9 @@ def events_show(event_id: int, as_json: bool) -> None:
     click.echo(f"{'body':>16}: {_body_text(record.raw_body)[:4000]}")
     if attempts:
         click.echo("\nGenesys attempts:")
-        click.echo(table(["at", "request", "status", "code", "correlation id", "ms", "error"],
-                         [(a.at, f"{a.method} {a.path}", a.status, a.code, a.correlation_id,
+        click.echo(table(["at", "request", "status", "code", "correlation id", "identity", "ms", "error"],
+                         [(a.at, f"{a.method} {a.path}", a.status, a.code, a.correlation_id, a.identity,
                            f"{a.duration_ms:.0f}", a.error) for a in attempts]))
-
-
-def _attempt_json(a: Any) -> dict[str, Any]:
-    return {"at": a.at.isoformat(), "method": a.method, "path": a.path, "status": a.status, "code": a.code,
-            "correlation_id": a.correlation_id, "duration_ms": a.duration_ms, "error": a.error}
 
 
 def _body_text(body: bytes) -> str:
@@ -278,6 +286,7 @@ def events_purge(older_than: str | None, batch: int) -> None:
     cutoff = parse_since(spec, now)
     assert cutoff is not None
     deleted = app.store.purge(before=cutoff, batch=batch)
+    app.store.purge_oauth_states(before=now)  # sign-ins and service-user links that can no longer be used
     click.echo(f"deleted {deleted} event(s) received before {cutoff.isoformat(timespec='seconds')}")
 
 
@@ -487,14 +496,17 @@ def _set_agent(agent: str, muted: bool, conversation: str | None) -> None:
         return
     deadline = time.monotonic() + app.settings.retry_budget_seconds
     try:
-        target = app.genesys.find_target(agent, conversation_id=conversation, deadline=deadline)
-        if target is None:
-            raise click.ClickException(f"{agent} is not on a live voice call; nothing to {verb}")
-        app.genesys.set_muted(target, muted, deadline=deadline)
+        applied = app.genesys.act(agent, muted, conversation_id=conversation, deadline=deadline)
+    except GenesysNoIdentityError as exc:
+        raise click.ClickException(no_identity_detail(exc, app.settings.genesys)) from exc
     except GenesysError as exc:
         raise click.ClickException(explain(exc)) from exc
+    if applied is None:
+        raise click.ClickException(f"{agent} is not on a live voice call; nothing to {verb}")
+    target = applied.target
+    note = f" ({target.note})" if target.note else ""
     click.echo(f"{verb}d {agent}: user {target.user_id}, call {target.conversation_id}, "
-               f"participant {target.participant_id}")
+               f"participant {target.participant_id}, as {applied.identity}{note}")
 
 
 genesys_cli = AppGroup("genesys", help="Genesys Cloud connection.")
@@ -502,22 +514,94 @@ genesys_cli = AppGroup("genesys", help="Genesys Cloud connection.")
 
 @genesys_cli.command("check")
 def genesys_check() -> None:
-    """Check the token, region and org, and the permissions this service needs; explain the participant rule."""
+    """Check every configured identity (token, org, permissions, connections); explain the participant rule."""
     app = get_state()
     client = app.genesys
     if client is None:
         cfg = app.settings.genesys
-        if not (cfg.client_id and cfg.client_secret and (cfg.region or cfg.api_url)):
-            raise click.ClickException("no Genesys credentials: set GENESYS_REGION, GENESYS_CLIENT_ID and "
-                                       "GENESYS_CLIENT_SECRET (GENESYS_DRY_RUN may stay true while you check)")
-        client = genesys_client(app.settings)
+        if not (cfg.identities() and (cfg.region or cfg.api_url)):
+            raise click.ClickException("no Genesys credentials: set GENESYS_REGION and GENESYS_CLIENT_ID and "
+                                       "_SECRET, or GENESYS_USER_CLIENT_ID and _SECRET (GENESYS_DRY_RUN may stay "
+                                       "true while you check)")
+        client = genesys_client(app.settings, app.users)
     api_url, _ = app.settings.genesys.hosts()
-    click.echo(f"Genesys API {api_url}")
+    click.echo(f"Genesys API {api_url}; identities tried in order: {', '.join(client.act_as) or 'none'}")
     results = client.check(deadline=time.monotonic() + app.settings.retry_budget_seconds)
     for result in results:
-        click.echo(f"{'ok  ' if result.ok else 'FAIL'} {result.name}: {result.detail}")
+        click.echo(f"{'ok  ' if result.ok else 'FAIL'} {result.name}: {escape(result.detail)}")
     if not all(r.ok for r in results):
         sys.exit(1)
+
+
+@genesys_cli.command("connect")
+@click.option("--service-user", is_flag=True, help="Print a one-time link (10 minutes) that connects the service "
+                                                   "user instead of the page agents open.")
+def genesys_connect(service_user: bool) -> None:
+    """Print the link that connects a Genesys user to the service (alone on the last line)."""
+    app = get_state()
+    users = _users(app)
+    if not service_user:
+        click.echo("Each agent opens this page once, logs in to Genesys and allows the service to act for them:")
+        click.echo(users.connect_url)
+        return
+    link = oauth_flow.new_service_user_link(app.store, now=app.clock())
+    click.echo("Open this link (valid 10 minutes, once) in a browser and log in to Genesys as the service user, a "
+               "dedicated account whose role holds conversation:communication:disconnect, "
+               "analytics:conversationDetail:view and directory:user:view. It replaces any earlier service user.")
+    click.echo(f"{users.connect_url}?link={link}")
+
+
+@genesys_cli.command("connections")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+def genesys_connections(as_json: bool) -> None:
+    """List the Genesys users connected to the service (the service user first)."""
+    app = get_state()
+    rows = [c.summary() for c in app.store.connections()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no connections yet: `genesys connect` prints the page agents open")
+        return
+    click.echo(table(["kind", "user id", "e-mail", "name", "state", "reason", "refreshed", "used"],
+                     [(r["kind"], r["user_id"], r["email"], r["name"], r["state"], r["reason"], r["refreshed_at"],
+                       r["used_at"]) for r in rows], {5: 60}))
+
+
+@genesys_cli.command("disconnect")
+@click.argument("user")
+def genesys_disconnect(user: str) -> None:
+    """Revoke USER's token at Genesys (DELETE /api/v2/tokens/me) and delete the connection (USER: id or e-mail)."""
+    app = get_state()
+    users = _users(app)
+    connection = app.store.connection(user) or app.store.find_connection(user) or next(
+        (c for c in app.store.connections() if c.email.lower() == user.strip().lower()), None)
+    if connection is None:
+        raise click.ClickException(f"no connection for {user!r}; `genesys connections` lists them")
+    revoked = "its token was revoked at Genesys"
+    try:
+        users.revoke(connection, deadline=time.monotonic() + app.settings.retry_budget_seconds)
+    except GenesysError as exc:
+        revoked = f"its token could not be revoked at Genesys ({exc}); it ends by itself when it expires"
+    app.store.delete_connection(connection.user_id)
+    click.echo(f"disconnected {connection.kind} {connection.email or connection.user_id} ({connection.user_id}): "
+               f"{escape(revoked)}")
+
+
+@genesys_cli.command("rotate-keys")
+def genesys_rotate_keys() -> None:
+    """Encrypt every stored token again with the first key of TOKEN_ENCRYPTION_KEY (then the old keys can go)."""
+    app = get_state()
+    count = app.store.rewrite_tokens(_users(app).cipher.rotate)
+    click.echo(f"encrypted the tokens of {count} connection(s) with the first key; the other keys may now be removed")
+
+
+def _users(app: AppState) -> UserConnections:
+    if app.users is None:
+        raise click.ClickException("acting as a user is not set up: set GENESYS_USER_CLIENT_ID, "
+                                   "GENESYS_USER_CLIENT_SECRET, PUBLIC_URL and TOKEN_ENCRYPTION_KEY (README: \"Acting "
+                                   "as a user\")")
+    return app.users
 
 
 def init_app(app: Flask) -> None:

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from webhook.crypto import parse_keys
 from webhook.errors import ConfigError
 from webhook.events import FieldMap, field_map
-from webhook.genesys import DEFAULT_REQUESTS_PER_MINUTE, MIN_REQUESTS_PER_MINUTE
+from webhook.genesys.model import IDENTITY_KINDS, IdentityKind
+from webhook.genesys.ratelimit import DEFAULT_REQUESTS_PER_MINUTE, MIN_REQUESTS_PER_MINUTE
 from webhook.regions import region_hosts
 from webhook.rules import Rule, rule_from_table
 from webhook.signatures import DEFAULT_HMAC_HEADER, SCHEMES
@@ -27,6 +29,9 @@ FALSE_WORDS = {"0", "false", "no", "off", ""}
 TOP_KEYS = ("sources", "rules", "agents", "intake", "processing", "genesys", "retention")
 SOURCE_KEYS = ("scheme", "mapping", "tolerance_seconds", "header")
 CLAIM_MARGIN_SECONDS = 5.0  # the store writes around the Genesys calls, which the deadline bounds
+CONNECT_PATH = "/genesys/connect"
+CALLBACK_PATH = "/genesys/callback"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -53,11 +58,37 @@ class Genesys:
     api_url: str | None = None
     login_url: str | None = None
     requests_per_minute: float = DEFAULT_REQUESTS_PER_MINUTE  # the client's own spacing; 0 = off
+    user_client_id: str | None = None  # the authorization-code client (agents and the service user)
+    user_client_secret: str | None = field(default=None, repr=False)
+    public_url: str | None = None  # the service's public base URL; the redirect URI is <public_url>/genesys/callback
+    token_keys: tuple[str, ...] = field(default=(), repr=False)  # Fernet keys of tokens at rest; the first encrypts
+    act_as: tuple[IdentityKind, ...] | None = None  # None: every configured identity, in IDENTITY_KINDS order
 
     def hosts(self) -> tuple[str, str]:
         """Return (API base URL, login base URL), the explicit overrides winning over the region."""
         api, login = region_hosts(self.region) if self.region else ("", "")
         return (self.api_url or api).rstrip("/"), (self.login_url or login).rstrip("/")
+
+    @property
+    def users_configured(self) -> bool:
+        """Tell whether the service can act as users (the authorization-code client is set)."""
+        return bool(self.user_client_id and self.user_client_secret)
+
+    def identities(self) -> tuple[IdentityKind, ...]:
+        """Return the identities to try for each event, in order: act_as, else every configured one."""
+        configured = {"agent": self.users_configured, "service_user": self.users_configured,
+                      "client_credentials": bool(self.client_id and self.client_secret)}
+        return tuple(k for k in (self.act_as or IDENTITY_KINDS) if configured[k])
+
+    @property
+    def redirect_uri(self) -> str:
+        """Return the redirect URI to register on the authorization-code client."""
+        return f"{(self.public_url or '').rstrip('/')}{CALLBACK_PATH}"
+
+    @property
+    def connect_url(self) -> str:
+        """Return the page an agent opens once to connect."""
+        return f"{(self.public_url or '').rstrip('/')}{CONNECT_PATH}"
 
 
 @dataclass(frozen=True)
@@ -131,12 +162,12 @@ class _Loader:
         intake = self.table(doc, "intake", ("max_body_bytes", "trusted_proxies"))
         processing = self.table(doc, "processing", PROCESSING_KEYS)
         retention = self.table(doc, "retention", ("keep_days",))
-        genesys = self.table(doc, "genesys", ("requests_per_minute",))
+        genesys = self.table(doc, "genesys", ("requests_per_minute", "act_as"))
         settings = Settings(
             sources=self.sources(doc.get("sources", {})),
             rules=self.rules(doc.get("rules", [])),
             agents=self.agents(doc.get("agents", {})),
-            genesys=self.genesys(self.requests_per_minute(genesys)),
+            genesys=self.genesys(self.requests_per_minute(genesys), self.act_as(genesys)),
             database_url=database_url(self.env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             max_body_bytes=self.number(intake, "intake.max_body_bytes", 262144, int, 1024, 16 * 2**20),
             trusted_proxies=self.number(intake, "intake.trusted_proxies", 1, int, 0, 10),
@@ -283,7 +314,34 @@ class _Loader:
             return DEFAULT_REQUESTS_PER_MINUTE
         return value
 
-    def genesys(self, requests_per_minute: float = DEFAULT_REQUESTS_PER_MINUTE) -> Genesys:
+    def act_as(self, table: Mapping[str, Any]) -> tuple[IdentityKind, ...] | None:
+        value = table.get("act_as")
+        if value is None:
+            return None
+        kinds = [k for k in value if k in IDENTITY_KINDS] if isinstance(value, list) else []
+        if not isinstance(value, list) or len(kinds) != len(value) or not kinds or len(set(kinds)) != len(kinds):
+            self.problem("genesys.act_as", f"must be a non-empty list of distinct identities out of "
+                         f"{', '.join(repr(k) for k in IDENTITY_KINDS)}, got {value!r}")
+            return None
+        return tuple(kinds)
+
+    def url(self, name: str) -> str | None:
+        """Read an http(s) base URL; http only for a loopback host (tokens and secrets travel on it)."""
+        value = self.env.get(name, "").strip().rstrip("/") or None
+        if value is None:
+            return None
+        scheme, _, rest = value.partition("://")
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        host = host if host.startswith("[") else host.split(":", 1)[0]
+        if scheme not in ("http", "https") or not host:
+            self.env_problem(name, f"{value!r} is not an http(s) URL")
+        elif scheme == "http" and host.lower() not in LOOPBACK_HOSTS:
+            self.env_problem(name, f"{value!r} is plain http to {host}: use https (http is allowed for a loopback "
+                             "host only, for tests and local proxies)")
+        return value
+
+    def genesys(self, requests_per_minute: float = DEFAULT_REQUESTS_PER_MINUTE,
+                act_as: tuple[IdentityKind, ...] | None = None) -> Genesys:
         dry = self.env.get("GENESYS_DRY_RUN", "").strip().lower()
         if dry not in TRUE_WORDS | FALSE_WORDS:
             self.env_problem("GENESYS_DRY_RUN", f"{dry!r} is not true or false")
@@ -292,10 +350,16 @@ class _Loader:
             region=self.env.get("GENESYS_REGION", "").strip() or None,
             client_id=self.env.get("GENESYS_CLIENT_ID", "").strip() or None,
             client_secret=self.env.get("GENESYS_CLIENT_SECRET", "").strip() or None,
-            api_url=self.env.get("GENESYS_API_URL", "").strip() or None,
-            login_url=self.env.get("GENESYS_LOGIN_URL", "").strip() or None,
+            api_url=self.url("GENESYS_API_URL"),
+            login_url=self.url("GENESYS_LOGIN_URL"),
             requests_per_minute=requests_per_minute,
+            user_client_id=self.env.get("GENESYS_USER_CLIENT_ID", "").strip() or None,
+            user_client_secret=self.env.get("GENESYS_USER_CLIENT_SECRET", "").strip() or None,
+            public_url=self.url("PUBLIC_URL"),
+            token_keys=self.token_keys(),
+            act_as=act_as,
         )
+        self.user_identities(result)
         if result.region:
             try:
                 region_hosts(result.region)
@@ -303,13 +367,49 @@ class _Loader:
                 self.env_problem("GENESYS_REGION", str(exc))
         if result.dry_run:
             return result
-        for name, value in (("GENESYS_CLIENT_ID", result.client_id), ("GENESYS_CLIENT_SECRET", result.client_secret)):
-            if not value:
-                self.env_problem(name, "unset; set the OAuth client-credentials client, or GENESYS_DRY_RUN=true")
+        if result.client_id or not result.users_configured:
+            for name, value in (("GENESYS_CLIENT_ID", result.client_id),
+                                ("GENESYS_CLIENT_SECRET", result.client_secret)):
+                if not value:
+                    self.env_problem(name, "unset; set the OAuth client-credentials client (or the user client, "
+                                     "GENESYS_USER_CLIENT_ID and _SECRET), or GENESYS_DRY_RUN=true")
         if not result.region and not (result.api_url and result.login_url):
             self.env_problem("GENESYS_REGION", "unset; set your org's region (e.g. mypurecloud.ie or eu_west_1), "
                              "or GENESYS_DRY_RUN=true")
         return result
+
+
+    def token_keys(self) -> tuple[str, ...]:
+        try:
+            return parse_keys(self.env.get("TOKEN_ENCRYPTION_KEY", ""))
+        except ValueError as exc:
+            self.env_problem("TOKEN_ENCRYPTION_KEY", str(exc))
+            return ()
+
+    def user_identities(self, genesys: Genesys) -> None:
+        """Check what acting as a user needs: both halves of the client, the public URL, a key; act_as configured."""
+        if genesys.user_client_id or genesys.user_client_secret:
+            for name, value in (("GENESYS_USER_CLIENT_ID", genesys.user_client_id),
+                                ("GENESYS_USER_CLIENT_SECRET", genesys.user_client_secret)):
+                if not value:
+                    self.env_problem(name, "unset while the other half of the authorization-code client is set; "
+                                     "set both, or neither")
+        if genesys.users_configured:
+            if genesys.dry_run and not genesys.region and not (genesys.api_url and genesys.login_url):
+                self.env_problem("GENESYS_REGION", "unset; connecting users needs your org's login host: set the "
+                                 "region (e.g. mypurecloud.ie or eu_west_1)")
+            if not genesys.public_url:
+                self.env_problem("PUBLIC_URL", "unset; set the service's public base URL (https://<your host>): the "
+                                 f"OAuth redirect URI is PUBLIC_URL{CALLBACK_PATH}")
+            if not genesys.token_keys and "TOKEN_ENCRYPTION_KEY" not in " ".join(self.problems):
+                self.env_problem("TOKEN_ENCRYPTION_KEY", "unset; user tokens are kept encrypted: `flask --app wsgi "
+                                 "init` writes a fresh key into a new .env, or set one (several comma-separated "
+                                 "while rotating, the first encrypts)")
+        for kind in genesys.act_as or ():
+            if kind not in genesys.identities() and not genesys.dry_run:
+                needs = "GENESYS_CLIENT_ID" if kind == "client_credentials" else "GENESYS_USER_CLIENT_ID"
+                self.problem("genesys.act_as", f"{kind!r} is listed but not configured: set {needs} and its secret, "
+                             "or take it out of act_as")
 
 
 PROCESSING_KEYS: dict[str, tuple[Any, type, float, float]] = {  # default, kind, lowest, highest

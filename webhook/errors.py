@@ -63,6 +63,22 @@ class GenesysAuthError(GenesysError):
     """The OAuth login failed, or a fresh token was refused with 401."""
 
 
+class GenesysConnectionError(GenesysAuthError):
+    """A user's connection cannot give a token: none stored, marked broken, or its refresh token was refused."""
+
+
+class GenesysNoIdentityError(GenesysError):
+    """No configured identity could act for the agent; `reasons` says, per identity, why not."""
+
+    def __init__(self, agent: str, reasons: list[str]) -> None:
+        super().__init__(f"no identity could act for {agent}: {'; '.join(reasons) or 'none is configured'}")
+        self.agent = agent
+        self.reasons = list(reasons)
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class GenesysPermissionError(GenesysError):
     """Genesys answered 403: the OAuth client's role lacks a permission (final)."""
 

@@ -1,6 +1,6 @@
 """Versioned schema changes, applied in order by `flask --app wsgi db upgrade` (the Procfile's release step).
 
-Why not Alembic: the schema is three tables of SQLAlchemy Core, and each change must run on SQLite and PostgreSQL;
+Why not Alembic: the schema is five tables of SQLAlchemy Core, and each change must run on SQLite and PostgreSQL;
 numbered Python steps written with Core DDL do that in a page, reviewed like any other code, with no second
 configuration to keep in step. An empty database is created from the current table definitions and stamped with
 the latest version (as `alembic stamp head` would); an existing one gets the steps it lacks, each in the same
@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, inspect, select, text
 from sqlalchemy.engine import Connection
 
-from webhook.store import agent_state
+from webhook.store import agent_state, attempts, genesys_connections, oauth_states
 from webhook.store import metadata as store_metadata
 
 versions_metadata = MetaData()
@@ -56,10 +56,20 @@ def _agent_hold(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _user_identities(conn: Connection) -> None:
+    """Version 3: attempts.identity, and the tables of user connections and authorization flows in progress."""
+    if "identity" not in {c["name"] for c in inspect(conn).get_columns("attempts")}:
+        kind = attempts.c.identity.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE attempts ADD COLUMN identity {kind}"))
+    for table in (genesys_connections, oauth_states):
+        table.create(conn, checkfirst=True)
+
+
 # Append new steps here (never edit an applied one); change webhook/store.py's tables in the same commit.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, attempts and per-agent ordering state", _baseline),
     Migration(2, "agent_state: the event acting on an agent now, and until when", _agent_hold),
+    Migration(3, "attempts.identity; genesys_connections and oauth_states for acting as a user", _user_identities),
 )
 
 

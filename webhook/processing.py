@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from webhook import events as events_mod
-from webhook.config import DEFAULT_TOLERANCE, Settings
-from webhook.errors import GenesysError, GenesysNotFoundError, StoreError
+from webhook.config import DEFAULT_TOLERANCE, Genesys, Settings
+from webhook.errors import GenesysError, GenesysNoIdentityError, StoreError
 from webhook.events import Envelope, InvalidItem, TicketEvent
-from webhook.genesys import PARTICIPANT_RULE_CODES, TOKEN_PATH, Attempt, GenesysClient, Target, explain
+from webhook.genesys.auth import TOKEN_PATH
+from webhook.genesys.client import Applied, GenesysClient
+from webhook.genesys.explain import RULE_FACT, explain
+from webhook.genesys.model import Attempt
 from webhook.metrics import Metrics
 from webhook.rules import decide
 from webhook.store import BUSY, OLDER, OURS, EventRecord, Store
@@ -238,32 +241,26 @@ class Processor:
         return OLDER if slot is not None and slot > (event.occurred_at, event_pk) else OURS
 
     def _act(self, event_pk: int, event: TicketEvent, plan: Plan, deadline: float) -> tuple[str, str]:
+        """Mute or unmute through Genesys as the first identity that can; the state and detail of the result."""
         assert self.genesys is not None
-        record = self._recorder(event_pk)
-        muted = plan.action == "mute"
         try:
-            for last_try in (False, True):
-                target = self.genesys.find_target(event.agent, conversation_id=event.conversation_id,
-                                                  deadline=deadline, record=record)
-                if target is None:
-                    return "no_call", f"{event.agent} is not on a live voice call; nothing to {plan.action}"
-                try:
-                    self.genesys.set_muted(target, muted, deadline=deadline, record=record)
-                    return "applied", _applied_detail(plan, target)
-                except GenesysNotFoundError as exc:
-                    if last_try or event.conversation_id or exc.code in PARTICIPANT_RULE_CODES:
-                        raise
-                    # The cached call ended between lookup and PATCH; the client dropped it, so look once more.
+            applied = self.genesys.act(event.agent, plan.action == "mute", conversation_id=event.conversation_id,
+                                       deadline=deadline, record=self._recorder(event_pk))
+        except GenesysNoIdentityError as exc:
+            return "failed", no_identity_detail(exc, self.settings.genesys)
         except GenesysError as exc:
             return "failed", explain(exc)
-        raise AssertionError("unreachable")
+        if applied is None:
+            return "no_call", (f"{event.agent} is not on a live voice call (no connected leg of theirs that is not "
+                               f"held or monitoring); nothing to {plan.action}")
+        return "applied", _applied_detail(plan, applied)
 
     def _recorder(self, event_pk: int) -> Callable[[Attempt], None]:
         def record(attempt: Attempt) -> None:
             self.metrics.genesys_requests.labels(str(attempt.status or "none")).inc()
             if attempt.path == TOKEN_PATH:
                 self.metrics.token_fetches.inc()
-            self.store.add_attempt(event_pk, at=self.clock(), **asdict(attempt))
+            self.store.add_attempt(event_pk, replace(attempt, at=self.clock()))
         return record
 
 
@@ -272,7 +269,22 @@ def _needs_parse(record: EventRecord) -> bool:
     return record.state == "invalid" or record.ticket_id is None or record.occurred_at is None
 
 
-def _applied_detail(plan: Plan, target: Target) -> str:
+def _applied_detail(plan: Plan, applied: Applied) -> str:
     verb = "muted" if plan.action == "mute" else "unmuted"
-    return (f"{verb} {target.user_id} on call {target.conversation_id} "
-            f"(participant {target.participant_id}); asked: {plan.detail}")
+    target = applied.target
+    note = f"; {target.note}" if target.note else ""
+    return (f"{verb} {target.user_id} on call {target.conversation_id} (participant {target.participant_id}) as "
+            f"{applied.identity}{note}; asked: {plan.detail}")
+
+
+def no_identity_detail(error: GenesysNoIdentityError, genesys: Genesys) -> str:
+    """Say why no identity could act for the agent, and what fixes it: the agent connects, or a service user does."""
+    if genesys.users_configured:
+        remedy = (f"{error.agent} opens {genesys.connect_url} once to connect (or reconnect), or an administrator "
+                  "connects a service user with `flask --app wsgi genesys connect --service-user`; then replay "
+                  "the event if the call is still live")
+    else:
+        remedy = ("set up the authorization-code client (GENESYS_USER_CLIENT_ID, GENESYS_USER_CLIENT_SECRET, "
+                  "PUBLIC_URL) so that agents or a service user can connect (README: \"Acting as a user\")")
+    rule = f" (The participant rule: {RULE_FACT}.)" if "participant rule" in str(error) else ""
+    return f"Genesys: {error}. To do: {remedy}.{rule}"

@@ -6,9 +6,9 @@ import builtins  # in Store, "list" is the method: annotations there say builtin
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.elements import TextClause
 
 from webhook.errors import StoreError
+from webhook.events import UUID_RE
+from webhook.genesys.model import Attempt
+from webhook.genesys.model import Connection as UserConnection
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +119,47 @@ attempts = Table(
     Column("correlation_id", String(200)),
     Column("duration_ms", Float, nullable=False),
     Column("error", Text),
+    Column("identity", String(160)),  # who acted: agent:<user id>, service_user:<user id> or client_credentials
+)
+
+# The Genesys users who authorized the service (agents, and the one service user). Tokens are Fernet ciphertext.
+# A refresh takes the row's lease (compare-and-set on version) so that only one process refreshes at a time.
+genesys_connections = Table(
+    "genesys_connections",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("email_lower", String(320), nullable=False, index=True),
+    Column("name", String(256), nullable=False),
+    Column("refresh_token", Text, nullable=False),
+    Column("access_token", Text),
+    Column("access_expires_at", UTCDateTime()),
+    Column("state", String(8), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("broken_at", UTCDateTime()),
+    Column("refreshed_at", UTCDateTime()),
+    Column("used_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("lease", String(64)),
+    Column("lease_until", UTCDateTime()),
+)
+
+# Authorization-code flows in progress, and the service-user links that may start one. Keys are SHA-256 hex of the
+# secret values (the state, the link), so a copy of the database cannot finish a flow; the PKCE verifier is
+# encrypted. Each row is single-use (used_at) and short-lived (expires_at).
+oauth_states = Table(
+    "oauth_states",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("purpose", String(16), nullable=False),  # agent | service_user | link
+    Column("browser", String(64)),  # SHA-256 hex of the cookie that binds the flow to one browser
+    Column("verifier", Text),
+    Column("link", String(64)),  # a service-user flow: the key of the link that started it
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    Column("used_at", UTCDateTime()),
 )
 
 agent_state = Table(
@@ -240,17 +284,17 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
-class AttemptRecord:
-    """One Genesys request made for an event."""
+class OAuthState:
+    """An authorization-code flow in progress, or a one-time service-user link (see the oauth_states table)."""
 
-    at: datetime
-    method: str
-    path: str
-    status: int | None
-    code: str | None
-    correlation_id: str | None
-    duration_ms: float
-    error: str | None
+    key: str
+    purpose: str
+    browser: str | None
+    verifier: str | None = field(repr=False)
+    link: str | None
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -425,14 +469,13 @@ class Store:
             ).mappings().first()
         return _record(row) if row else None
 
-    def attempts(self, event_pk: int) -> builtins.list[AttemptRecord]:
+    def attempts(self, event_pk: int) -> builtins.list[Attempt]:
         """Return the Genesys requests made for one event, oldest first."""
         with self._tx() as conn:
             rows = conn.execute(
                 select(attempts).where(attempts.c.event == event_pk).order_by(attempts.c.id)
             ).mappings()
-            return [AttemptRecord(r["at"], r["method"], r["path"], r["status"], r["code"], r["correlation_id"],
-                                  r["duration_ms"], r["error"]) for r in rows]
+            return [Attempt(**{k: v for k, v in r.items() if k not in ("id", "event")}) for r in rows]
 
     def counts(self) -> dict[str, int]:
         """Return how many events are in each state."""
@@ -487,13 +530,10 @@ class Store:
             conn.execute(update(events).where(events.c.id == event_pk, events.c.state == "processing")
                          .values(state="received", claimed_at=None, updated_at=now))
 
-    def add_attempt(self, event_pk: int, *, at: datetime, method: str, path: str, status: int | None,
-                    code: str | None, correlation_id: str | None, duration_ms: float, error: str | None) -> None:
-        """Keep one Genesys request made for an event."""
+    def add_attempt(self, event_pk: int, attempt: Attempt) -> None:
+        """Keep one Genesys request made for an event (its `at` set)."""
         with self._tx() as conn:
-            conn.execute(insert(attempts).values(
-                event=event_pk, at=at, method=method, path=path[:512], status=status, code=code,
-                correlation_id=correlation_id, duration_ms=duration_ms, error=error))
+            conn.execute(insert(attempts).values(event=event_pk, **(asdict(attempt) | {"path": attempt.path[:512]})))
 
     def advance_agent(self, agent: str, *, occurred_at: datetime, event_pk: int, now: datetime,
                       hold_until: datetime | None = None) -> str:
@@ -540,6 +580,148 @@ class Store:
                 conn.execute(delete(attempts).where(attempts.c.event.in_(ids)))
                 conn.execute(delete(events).where(events.c.id.in_(ids)))
             total += len(ids)
+
+
+    # -- Genesys connections (the ConnectionRepo of webhook.genesys.auth) --
+
+    def connection(self, user_id: str) -> UserConnection | None:
+        """Return the connection of a Genesys user id."""
+        return self._one_connection(genesys_connections.c.user_id == user_id.lower())
+
+    def find_connection(self, agent: str) -> UserConnection | None:
+        """Return the agent connection of a Genesys user id or e-mail (case-insensitive)."""
+        column = genesys_connections.c.user_id if UUID_RE.match(agent) else genesys_connections.c.email_lower
+        return self._one_connection(and_(column == agent.lower(), genesys_connections.c.kind == "agent"))
+
+    def service_user(self) -> UserConnection | None:
+        """Return the service user's connection."""
+        return self._one_connection(genesys_connections.c.kind == "service_user")
+
+    def connections(self) -> builtins.list[UserConnection]:
+        """Return every connection, the service user first, then by e-mail."""
+        query = select(genesys_connections).order_by(genesys_connections.c.kind.desc(),
+                                                     genesys_connections.c.email_lower)
+        with self._tx() as conn:
+            return [_connection(row) for row in conn.execute(query).mappings()]
+
+    def save_connection(self, connection: UserConnection) -> None:
+        """Insert or replace a user's connection; a new service user replaces the old one, in one transaction.
+
+        The version keeps growing across a replace, so that a process that read the old row cannot take a refresh
+        lease on the new one (and refresh it with the old refresh token). The service user who signs in on the
+        agents' page stays the service user, with the new tokens."""
+        values = {name: getattr(connection, name) for name in _CONNECTION_FIELDS}
+        values |= {"user_id": connection.user_id.lower(), "email_lower": connection.email.lower(), "lease": None,
+                   "lease_until": None, "created_at": connection.created_at or connection.refreshed_at}
+        with self._tx(atomic=True) as conn:
+            old = conn.execute(select(genesys_connections.c.version, genesys_connections.c.kind)
+                               .where(genesys_connections.c.user_id == values["user_id"])).first()
+            if old is not None:
+                values["version"] = int(old.version) + 1
+                if old.kind == "service_user":
+                    values["kind"] = "service_user"
+            stale = genesys_connections.c.user_id == values["user_id"]
+            if connection.kind == "service_user":
+                stale = or_(stale, genesys_connections.c.kind == "service_user")
+            conn.execute(delete(genesys_connections).where(stale))
+            conn.execute(insert(genesys_connections).values(**values))
+
+    def delete_connection(self, user_id: str) -> bool:
+        """Delete a connection; return whether there was one."""
+        with self._tx() as conn:
+            return conn.execute(delete(genesys_connections)
+                                .where(genesys_connections.c.user_id == user_id.lower())).rowcount == 1
+
+    def lease_refresh(self, user_id: str, *, version: int, lease: str, until: datetime, now: datetime) -> bool:
+        """Take the right to refresh a connection still at version with no live lease; True when taken."""
+        free = or_(genesys_connections.c.lease.is_(None), genesys_connections.c.lease_until < now)
+        query = update(genesys_connections).where(
+            genesys_connections.c.user_id == user_id, genesys_connections.c.version == version,
+            genesys_connections.c.state == "ok", free).values(lease=lease, lease_until=until)
+        with self._tx() as conn:
+            return conn.execute(query).rowcount == 1
+
+    def store_refresh(self, user_id: str, *, lease: str, access_token: str, access_expires_at: datetime,
+                      refresh_token: str, now: datetime) -> bool:
+        """Store refreshed tokens under the lease, bump the version and end the lease; True when written."""
+        query = update(genesys_connections).where(
+            genesys_connections.c.user_id == user_id, genesys_connections.c.lease == lease,
+        ).values(access_token=access_token, access_expires_at=access_expires_at, refresh_token=refresh_token,
+                 refreshed_at=now, version=genesys_connections.c.version + 1, lease=None, lease_until=None)
+        with self._tx() as conn:
+            return conn.execute(query).rowcount == 1
+
+    def end_lease(self, user_id: str, *, lease: str) -> None:
+        """Give a refresh lease up without new tokens."""
+        with self._tx() as conn:
+            conn.execute(update(genesys_connections).where(genesys_connections.c.user_id == user_id,
+                                                           genesys_connections.c.lease == lease)
+                         .values(lease=None, lease_until=None))
+
+    def mark_broken(self, user_id: str, *, lease: str, reason: str, now: datetime) -> None:
+        """Mark a connection broken under the lease, dropping its access token (the refresh token was refused)."""
+        with self._tx() as conn:
+            conn.execute(update(genesys_connections).where(genesys_connections.c.user_id == user_id,
+                                                           genesys_connections.c.lease == lease)
+                         .values(state="broken", reason=reason, broken_at=now, access_token=None,
+                                 access_expires_at=None, lease=None, lease_until=None,
+                                 version=genesys_connections.c.version + 1))
+
+    def touch_connection(self, user_id: str, *, now: datetime) -> None:
+        """Record that a connection was just used to act."""
+        with self._tx() as conn:
+            conn.execute(update(genesys_connections).where(genesys_connections.c.user_id == user_id)
+                         .values(used_at=now))
+
+    def rewrite_tokens(self, rewrite: Callable[[str], str]) -> int:
+        """Pass every stored token through rewrite (key rotation), one transaction; return the rows rewritten."""
+        with self._tx(atomic=True) as conn:
+            rows = conn.execute(select(genesys_connections.c.user_id, genesys_connections.c.refresh_token,
+                                       genesys_connections.c.access_token)).all()
+            for row in rows:
+                conn.execute(update(genesys_connections).where(genesys_connections.c.user_id == row.user_id).values(
+                    refresh_token=rewrite(row.refresh_token),
+                    access_token=rewrite(row.access_token) if row.access_token else None))
+        return len(rows)
+
+    def _one_connection(self, where: Any) -> UserConnection | None:
+        with self._tx() as conn:
+            row = conn.execute(select(genesys_connections).where(where).limit(1)).mappings().first()
+        return _connection(row) if row else None
+
+    # -- authorization-code flows in progress --
+
+    def add_oauth_state(self, state: OAuthState) -> None:
+        """Keep a flow in progress (or a service-user link) until it is used or expires."""
+        with self._tx() as conn:
+            conn.execute(insert(oauth_states).values(**asdict(state)))
+
+    def oauth_state(self, key: str) -> OAuthState | None:
+        """Return a flow in progress by key."""
+        with self._tx() as conn:
+            row = conn.execute(select(oauth_states).where(oauth_states.c.key == key)).mappings().first()
+        return OAuthState(**row) if row else None
+
+    def spend_oauth_state(self, key: str, *, now: datetime) -> bool:
+        """Mark a flow (or link) used, only if it is unused and unexpired; True for the one caller that did."""
+        query = update(oauth_states).where(oauth_states.c.key == key, oauth_states.c.used_at.is_(None),
+                                           oauth_states.c.expires_at > now).values(used_at=now)
+        with self._tx() as conn:
+            return conn.execute(query).rowcount == 1
+
+    def purge_oauth_states(self, *, before: datetime) -> int:
+        """Delete flows and links that expired before a time."""
+        with self._tx() as conn:
+            return int(conn.execute(delete(oauth_states).where(oauth_states.c.expires_at < before)).rowcount)
+
+
+_CONNECTION_FIELDS = ("kind", "email", "name", "refresh_token", "access_token", "access_expires_at", "state", "reason",
+                      "broken_at", "refreshed_at", "used_at", "version")
+
+
+def _connection(row: RowMapping) -> UserConnection:
+    values = {k: v for k, v in row.items() if k not in ("email_lower", "lease", "lease_until")}
+    return UserConnection(**values)
 
 
 def _record(row: RowMapping) -> EventRecord:

@@ -1,17 +1,20 @@
-"""The HTTP edge: /webhooks/<source>, /healthz, /readyz. Translates requests to pure calls and back."""
+"""The HTTP edge: /webhooks/<source>, /healthz, /readyz, /genesys/connect and /genesys/callback. Translates requests
+to pure calls and back."""
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, redirect, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.wrappers import Response as BaseResponse
 
-from webhook import signatures
+from webhook import oauth_flow, signatures
 from webhook.app_state import get_state
 from webhook.errors import SignatureError, StoreError
 from webhook.events import Envelope, InvalidItem, TicketEvent, parse, usable_message_id
@@ -144,6 +147,72 @@ def metrics() -> Response | tuple[Response, int]:
         oldest = None
     body = state.metrics.render(oldest, state.clock())
     return Response(body, mimetype="text/plain", headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@bp.get("/genesys/connect")
+def genesys_connect() -> BaseResponse:
+    """Send the browser to the Genesys login (an agent's connection, or the service user's with ?link=)."""
+    state = get_state()
+    if state.users is None:
+        return page(404, "Connecting to Genesys is not set up",
+                    "The service has no authorization-code client: its operator sets GENESYS_USER_CLIENT_ID, "
+                    "GENESYS_USER_CLIENT_SECRET, PUBLIC_URL and TOKEN_ENCRYPTION_KEY.")
+    try:
+        started = oauth_flow.start(state.store, state.users, link=request.args.get("link"), now=state.clock())
+    except oauth_flow.FlowError as exc:
+        return page(400, exc.title, exc.detail)
+    except StoreError:
+        return page(503, "The service cannot store the sign-in", "Its database is not answering; try again shortly.")
+    response = redirect(started.authorize_url, 302)
+    response.set_cookie(oauth_flow.COOKIE, started.cookie, max_age=int(oauth_flow.FLOW_SECONDS), httponly=True,
+                        secure=(state.settings.genesys.public_url or "").startswith("https://"), samesite="Lax",
+                        path="/genesys")
+    _private(response)
+    return response
+
+
+@bp.get("/genesys/callback")
+def genesys_callback() -> Response:
+    """Finish a connection: check state, cookie and PKCE, exchange the code, store the user; say who is connected."""
+    state = get_state()
+    if state.users is None:
+        return page(404, "Connecting to Genesys is not set up", "The service has no authorization-code client.")
+    args = request.args
+    try:
+        connection = oauth_flow.finish(
+            state.store, state.users, state=args.get("state"), code=args.get("code"), error=args.get("error"),
+            error_description=args.get("error_description"), cookie=request.cookies.get(oauth_flow.COOKIE),
+            now=state.clock(), deadline=time.monotonic() + state.settings.retry_budget_seconds)
+    except oauth_flow.FlowError as exc:
+        logger.warning("genesys connection refused: %s", exc.title)
+        response = page(400, exc.title, exc.detail)
+    except StoreError:
+        response = page(503, "The service cannot store the connection", "Its database is not answering; start "
+                                                                         "again shortly.")
+    else:
+        role = "the service user" if connection.kind == "service_user" else "an agent"
+        logger.info("genesys user connected (%s)", connection.kind)
+        response = page(200, "Connected", f"{connection.name or connection.email} ({connection.email or 'no e-mail'}, "
+                        f"Genesys user {connection.user_id}) is now connected as {role}: the service mutes and "
+                        "unmutes with this user's own Genesys token.",
+                        disconnect=f"flask --app wsgi genesys disconnect {connection.email or connection.user_id}")
+    response.delete_cookie(oauth_flow.COOKIE, path="/genesys")
+    return response
+
+
+def page(status: int, title: str, detail: str, **extra: str) -> Response:
+    """Return a small HTML page (the browser flows), never cached and never leaking its URL as a referrer."""
+    response = Response(render_template("genesys_page.html", title=title, detail=detail, **extra), status=status,
+                        mimetype="text/html")
+    _private(response)
+    return response
+
+
+def _private(response: BaseResponse) -> None:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"  # the callback's URL holds the code and the state
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
 
 
 def error(status: int, code: str, detail: str) -> tuple[Response, int]:
