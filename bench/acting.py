@@ -7,7 +7,10 @@ Genesys (instant answers) in this process, then measures:
   this process's monotonic clock: the fake runs here), p50 and p99;
 - Genesys requests per applied event, cold (the first event of an agent: user search + analytics + GET call + PATCH
   for an e-mail; less for a Genesys user id or a known conversation id) and warm (agents already on a known call);
-- token requests per process per token lifetime.
+- token requests per process per token lifetime;
+- the same, cold and warm, for each identity the service acts as: client credentials (the phases above), the service
+  user (agents who did not connect; an analytics query and the call, as the service user) and the agent's own
+  connection (GET /api/v2/conversations/calls, then the PATCH). Token requests are counted apart.
 
 The service's request spacing ([genesys] requests_per_minute) is off, as the fake has no rate limit: with the shipped
 300 a minute, a stream faster than about 4.5 requests a second is spaced by design. Everything is bounded (event
@@ -33,9 +36,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import free_port  # noqa: E402
 from tests.fake_genesys import FakeGenesys, LoggedRequest  # noqa: E402
-from tests.servers import Service, service_env, wait_until, write_config  # noqa: E402
-from webhook.genesys import token_ttl  # noqa: E402
+from tests.servers import (  # noqa: E402
+    Service,
+    connect_service_user,
+    connect_user,
+    service_env,
+    user_client_env,
+    wait_until,
+    write_config,
+)
+from webhook.genesys.auth import token_ttl  # noqa: E402
 
 MUTE = ("payment_in_progress", "open")
 UNMUTE = ("open", "payment_in_progress")
@@ -176,12 +188,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The service's own request spacing is off: this bench measures its latency, not Genesys' rate limit
         # (bench/load.py measures the spacing).
         config = write_config(tmp / "webhook.toml", requests_per_minute=0)
-        env = service_env(fake, f"sqlite:///{tmp / 'webhook.db'}", config, LOG_LEVEL="WARNING")
-        with Service(env, tmp, workers=args.workers) as service:
+        port = free_port()
+        env = service_env(fake, f"sqlite:///{tmp / 'webhook.db'}", config, LOG_LEVEL="WARNING",
+                          **user_client_env(fake, port))
+        with Service(env, tmp, workers=args.workers, port=port) as service:
             bench = Bench(fake, service, started + args.max_seconds)
             phases = phases_of(bench, args)
+            phases += identity_phases(bench, env, args)
             duration = time.monotonic() - started
-    report(phases, fake.token_requests, args, duration)
+    report(phases, sum(1 for r in fake.log if r.grant == "client_credentials"), args, duration)
     return 0
 
 
@@ -209,6 +224,27 @@ def phases_of(bench: Bench, args: argparse.Namespace) -> list[Phase]:
     return phases
 
 
+def identity_phases(bench: Bench, env: dict[str, str], args: argparse.Namespace) -> list[Phase]:
+    """Cold then warm events acted on as the service user (agents who did not connect), then as each agent's own
+    connection; the client-credentials phases above ran before any user connected."""
+    fake, url = bench.fake, bench.service.url
+    service_user = fake.add_user("bench-service-user@example.com")
+    connect_service_user(fake, env, url, service_user)
+    via_service = bench.agents(args.agents, "svc")
+    connected = bench.agents(args.agents, "own")
+    for _, user_id, _, _ in connected:
+        connect_user(fake, url, user_id)
+    path: Callable[[tuple[str, str, str, str]], str] = lambda a: patch_path(a[2], a[3])  # noqa: E731
+    phases = []
+    for label, agents in (("service user", via_service), ("agent's own token", connected)):
+        phases.append(bench.run(f"cold, as {label}", [(body({"email": a[0]}, bench.flip(a[3])), path(a))
+                                                     for a in agents], wait_each=True))
+        stream = [agents[n % len(agents)] for n in range(args.warm // 2)]
+        phases.append(bench.run(f"warm, as {label}", [(body({"email": a[0]}, bench.flip(a[3])), path(a))
+                                                     for a in stream], wait_each=True))
+    return phases
+
+
 def report(phases: list[Phase], tokens: int, args: argparse.Namespace, duration: float) -> None:
     """Print a table and write the JSON next to this file."""
     ttl = token_ttl(args.expires_in, TOKEN_MARGIN)
@@ -222,7 +258,8 @@ def report(phases: list[Phase], tokens: int, args: argparse.Namespace, duration:
         print(f"{row['phase']:34} {row['events']:>6} {row['p50_ms']!s:>7} {row['p99_ms']!s:>7} {row['max_ms']!s:>7} "
               f"{row['api_requests_per_event']!s:>13}  {kinds}")
     per = tokens / (args.workers * lifetimes)
-    print(f"token requests: {tokens} for {args.workers} worker process(es) over {duration:.1f} s, a token kept "
+    print(f"client-credentials token requests: {tokens} for {args.workers} worker process(es) over {duration:.1f} s, "
+          "a token kept "
           f"{ttl:.0f} s (lifetime {args.expires_in} s): {per:.2f} per process per token lifetime (target 1; a worker "
           "that handled no event fetches none, so with several workers this is a lower bound)")
     out = ROOT / "bench" / "results"
