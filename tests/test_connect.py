@@ -565,3 +565,29 @@ def test_the_callback_logs_which_refusal_without_the_query(client: FlaskClient, 
     assert callback(client, flow.params).status_code == 400
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert refusals == ["genesys connection refused: This browser did not start the connection"]
+
+
+def test_genesys_check_reports_the_service_user_and_every_agent_connection(
+        client: FlaskClient, runner: FlaskCliRunner, store: Store, fake: FakeGenesys, jane: str) -> None:
+    assert callback(client, begin(client).params).status_code == 200
+    bob = fake.add_user("bob.agent@example.com", "Bob Agent")
+    fake.consent_as(bob)
+    assert callback(client, begin(client).params).status_code == 200
+    sam = fake.add_user("mute-bridge@example.com", "Mute Bridge")
+    fake.consent_as(sam)
+    assert callback(client, begin(client, service_link(runner).removeprefix(PUBLIC)).params).status_code == 200
+    fake.revoke_refresh(bob)
+    fake.expire_user_tokens(bob)  # his next token needs a refresh, which Genesys refuses
+
+    result = runner.invoke(args=["genesys", "check"])
+    lines = result.output.splitlines()
+    assert result.exit_code == 1, result.output
+    assert lines[0] == f"Genesys API {fake.url}; identities tried in order: agent, service_user"
+    names = [line.split(": ", 1)[0] for line in lines[1:]]
+    assert names == [f"ok   service_user:{sam} token", f"ok   service_user:{sam} organization",
+                     f"ok   service_user:{sam} user search", f"ok   service_user:{sam} analytics",
+                     f"FAIL agent:{bob} (bob.agent@example.com)", f"ok   agent:{jane} (jane.agent@example.com)",
+                     "ok   participant rule"]
+    assert "the connection of bob.agent@example.com is broken" in result.output
+    connection = store.connection(bob)
+    assert connection is not None and connection.state == "broken"
