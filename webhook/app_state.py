@@ -53,6 +53,8 @@ class AppState:
         self.worker.stop()
         if self.genesys is not None:
             self.genesys.close()
+        if self.users is not None:
+            self.users.grant.close()
         self.store.close()
 
 

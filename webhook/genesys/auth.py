@@ -208,6 +208,10 @@ class CodeGrant:
     def __repr__(self) -> str:
         return f"CodeGrant({self.login_url!r}, redirect_uri={self.redirect_uri!r})"
 
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self._session.close()
+
     def authorize_url(self, state: str, code_challenge: str) -> str:
         """Return the login page URL a browser is sent to (PKCE S256)."""
         query = urlencode({"response_type": "code", "client_id": self.client_id, "redirect_uri": self.redirect_uri,
