@@ -31,6 +31,7 @@ REFUSALS: dict[str, tuple[int, str]] = {
 }
 DISCONNECT = "conversation:communication:disconnect"  # lets a user change any participant leg (the participant rule)
 ANALYTICS_VIEW = "analytics:conversationDetail:view"
+RECORDING_PAUSE = "conversation:recording:pauseOthers"  # PUT .../recordingstate (secure pause)
 DIRECTORY_VIEW = "directory:user:view"
 CODE_LIFETIME = 60.0  # seconds an authorization code can be exchanged, on the fake's clock
 PAGE_SIZE = 25
@@ -140,6 +141,7 @@ class FakeCall:
     participants: list[FakeParticipant] = field(default_factory=list)
     ended: bool = False
     in_analytics_after_end: bool = False
+    recording_state: str = "none"  # none | active | paused (CallConversation.recordingState)
 
     def participant(self, participant_id: str) -> FakeParticipant | None:
         """Return a participant by id."""
@@ -147,7 +149,8 @@ class FakeCall:
 
     def as_json(self) -> Json:
         """Return the call in the CallConversation shape."""
-        return {"id": self.id, "participants": [p.as_json() for p in self.participants], "recordingState": "none",
+        return {"id": self.id, "participants": [p.as_json() for p in self.participants],
+                "recordingState": self.recording_state, "securePause": self.recording_state == "paused",
                 "selfUri": f"/api/v2/conversations/calls/{self.id}"}
 
 
@@ -220,6 +223,9 @@ class FakeGenesys:
         self._deny: str | None = None  # the error the next authorize answers with
         self._faults: list[Fault] = []
         self._refusals: dict[str | None, str] = {}
+        self._recording_refusal: str | None = None  # refuse_recording(): a code of REFUSALS for every PUT
+        self._pending_mutes: dict[tuple[str, str], tuple[bool, float]] = {}  # asynchronous mutes not shown yet
+        self.mute_delay = 0.0  # seconds (fake clock) between a PATCH's 202 and the leg showing it; inf = never
         self._after_get: dict[str, Callable[[], None]] = {}
         self._rate: tuple[int, float] | None = None  # (requests, window seconds) per bearer token; None = no limit
         self._windows: dict[str, tuple[float, int]] = {}  # bearer token -> (its window's end, requests counted)
@@ -279,11 +285,11 @@ class FakeGenesys:
             self.permissions[user_id].add(permission)
 
     def start_call(self, user_id: str, *, customer: bool = True, transferred: bool = False,
-                   purpose: str = "agent", held: bool = False) -> tuple[str, str]:
-        """Start a live voice call with the user connected (held if asked) and return (conversation id, participant
-        id)."""
+                   purpose: str = "agent", held: bool = False, recording: str = "none") -> tuple[str, str]:
+        """Start a live voice call with the user connected (held if asked; recorded when recording="active") and
+        return (conversation id, participant id)."""
         with self._lock:
-            call = FakeCall(str(uuid.uuid4()), self._stamp())
+            call = FakeCall(str(uuid.uuid4()), self._stamp(), recording_state=recording)
             if customer:
                 call.participants.append(FakeParticipant(str(uuid.uuid4()), "customer", "connected", call.start_time))
                 call.participants.append(FakeParticipant(str(uuid.uuid4()), "acd", "disconnected", self._stamp()))
@@ -338,9 +344,21 @@ class FakeGenesys:
                 participant.state = "disconnected"
 
     def muted(self, conversation_id: str, participant_id: str) -> bool:
-        """Return a participant's muted flag."""
+        """Return a participant's muted flag (as a GET would show it now)."""
         with self._lock:
+            self._settle_mutes()
             return self._participant(conversation_id, participant_id).muted
+
+    def recording(self, conversation_id: str) -> str:
+        """Return a call's recordingState: none, active or paused."""
+        with self._lock:
+            return self.calls[conversation_id].recording_state
+
+    def refuse_recording(self, code: str | None = "missing.permissions") -> None:
+        """Refuse every recording-state PUT with a code of REFUSALS (None: accept again)."""
+        assert code is None or code in REFUSALS, f"unknown refusal {code}"
+        with self._lock:
+            self._recording_refusal = code
 
     def _participant(self, conversation_id: str, participant_id: str) -> FakeParticipant:
         """Return a participant of a call; AssertionError when there is none."""
@@ -506,6 +524,8 @@ class FakeGenesys:
                          methods=["POST"])
         app.add_url_rule("/api/v2/conversations/calls", view_func=self._my_calls, methods=["GET"])
         app.add_url_rule("/api/v2/conversations/calls/<cid>", view_func=self._get_call, methods=["GET"])
+        app.add_url_rule("/api/v2/conversations/calls/<cid>/recordingstate", view_func=self._put_recording,
+                         methods=["PUT"])
         app.add_url_rule("/api/v2/conversations/calls/<cid>/participants/<pid>", view_func=self._patch,
                          methods=["PATCH"])
         return app
@@ -715,6 +735,7 @@ class FakeGenesys:
         if user_id is None:
             return error(400, "not.a.user", USER_CONTEXT)
         with self._lock:
+            self._settle_mutes()
             calls = [c for c in self.calls.values()
                      if not c.ended and any(p.user_id == user_id and p.state != "disconnected" for p in c.participants)]
             calls.sort(key=lambda c: c.start_time, reverse=True)
@@ -785,6 +806,7 @@ class FakeGenesys:
     def _get_call(self, cid: str) -> Response:
         """GET /api/v2/conversations/calls/{id}: the CallConversation."""
         with self._lock:
+            self._settle_mutes()
             call = self.calls.get(cid)
             if call is None:
                 return error(404, "not.found", "The requested conversation was not found.")
@@ -808,8 +830,45 @@ class FakeGenesys:
             if not isinstance(body, dict) or set(body) != {"muted"} or not isinstance(body["muted"], bool):
                 return error(400, "bad.request", "The request could not be understood by the server due to "
                                                  "malformed syntax.")
-            participant.muted = body["muted"]
+            if self.mute_delay:  # Genesys answers 202 before the change: the leg shows it only later
+                self._pending_mutes[(cid, pid)] = (body["muted"], self.clock() + self.mute_delay)
+            else:
+                participant.muted = body["muted"]
         return Response(status=202)
+
+    def _put_recording(self, cid: str) -> Response:
+        """PUT /api/v2/conversations/calls/{id}/recordingstate: {"recordingState": "paused" | "active"}; 202."""
+        body = request.get_json(silent=True)
+        wanted = str(body.get("recordingState", "")).lower() if isinstance(body, dict) else ""
+        with self._lock:
+            call = self.calls.get(cid)
+            if call is None:
+                return error(404, "not.found", "The requested conversation was not found.")
+            # Secure pause needs the permission, not a participant (Genesys' announcement of it): client
+            # credentials hold every permission here; a user token needs it in strict mode.
+            refused = self._permission_refusal(RECORDING_PAUSE)
+            if refused is not None:
+                return refused
+            if self._recording_refusal is not None:
+                status, message = REFUSALS[self._recording_refusal]
+                return error(status, self._recording_refusal, message)
+            if call.ended:
+                return error(400, "conversation.error.call.disconnected", "The call is disconnected.")
+            if not isinstance(body, dict) or set(body) != {"recordingState"} or wanted not in ("paused", "active"):
+                return error(400, "bad.request", "The request could not be understood by the server due to "
+                                                 "malformed syntax.")
+            call.recording_state = wanted
+        return Response(status=202)
+
+    def _settle_mutes(self) -> None:
+        """Apply the asynchronous mutes whose delay has passed (call with the lock held)."""
+        now = self.clock()
+        for (cid, pid), (value, at) in list(self._pending_mutes.items()):
+            if now >= at:
+                participant = self.calls[cid].participant(pid)
+                if participant is not None:
+                    participant.muted = value
+                del self._pending_mutes[(cid, pid)]
 
     def _patch_refusal(self, call: FakeCall, participant: FakeParticipant) -> Response | None:
         """Return the refusal of a PATCH of a known participant (the rule when strict, refuse_mutes, a gone call)."""

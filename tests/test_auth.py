@@ -39,7 +39,7 @@ from webhook.genesys.auth import (
     pkce_challenge,
     pkce_pair,
 )
-from webhook.genesys.client import GenesysClient, analytics_body, choose_leg, user_search_body
+from webhook.genesys.client import Applied, GenesysClient, analytics_body, choose_leg, user_search_body
 from webhook.genesys.model import CLIENT_CREDENTIALS, Attempt, Connection, ConnectionKind, Identity
 from webhook.store import Store, genesys_connections
 
@@ -656,3 +656,56 @@ def test_choose_leg_picks_the_expected_leg_of_each_scenario(make: Callable[[], g
     assert target.participant_id == scenario.expected_participant_id
     assert target.conversation_id == scenario.expected_conversation_id
     assert target.participant_id not in scenario.must_not_mute
+
+
+# --- the recording state and reading the call back (card capture) -------------------------------------------------
+
+
+def test_the_recording_is_paused_by_the_first_identity_genesys_accepts(
+        rsps: responses.RequestsMock, store: Store, cipher: TokenCipher, wall: Clock, timer: FakeClock,
+        make_client: Callable[..., GenesysClient], attempts: list[Attempt]) -> None:
+    scenario = gm.plain_call()
+    leg, call_id = scenario.expected_participant_id, scenario.expected_conversation_id
+    assert leg is not None and call_id is not None
+    connect(store, cipher, wall)  # Jane's own token: she may mute herself, but not pause a recording
+    client = make_client()
+    put = f"{CALLS}/{call_id}/recordingstate"
+    rsps.put(put, match=[bearer(ACCESS), matchers.json_params_matcher({"recordingState": "paused"})],
+             **genesys_error(403, "missing.permissions", "You are missing the following permission(s): "
+                                                         "conversation:recording:pauseOthers"))
+    add_cc_token(rsps)
+    rsps.put(put, status=202, match=[bearer(CC_TOKEN), matchers.json_params_matcher({"recordingState": "paused"})])
+    target = choose_leg(scenario.calls, JANE.id)
+    assert target is not None
+    assert client.set_recording(target, "pause", deadline=timer() + 30, record=attempts.append) == CLIENT_CREDENTIALS
+    assert [(a.method, a.status, a.identity) for a in attempts] == [
+        ("PUT", 403, f"agent:{JANE.id}"), ("POST", 200, "client_credentials"), ("PUT", 202, "client_credentials")]
+
+
+def test_confirm_reads_the_call_back_until_it_shows_what_was_asked(
+        rsps: responses.RequestsMock, timer: FakeClock, make_client: Callable[..., GenesysClient]) -> None:
+    client = make_client(act_as=("client_credentials",))
+    before = gm.call(gm.participant(user_id=JANE.id, muted=False, id=gm.uid("leg")), id=gm.uid("call"),
+                     recording_state="paused")
+    after = gm.call(gm.participant(user_id=JANE.id, muted=True, id=gm.uid("leg")), id=gm.uid("call"),
+                    recording_state="paused")
+    add_cc_token(rsps)
+    rsps.get(f"{CALLS}/{gm.uid('call')}", json=before)
+    rsps.get(f"{CALLS}/{gm.uid('call')}", json=after)
+    applied = Applied(choose_leg([after], JANE.id) or pytest.fail("no leg"), CLIENT_CREDENTIALS)
+    assert client.confirm(applied, muted=True, recording="pause", deadline=timer() + 30) is None
+    assert timer.sleeps == [0.25]
+
+
+def test_confirm_gives_up_after_three_seconds_and_says_what_it_saw(
+        rsps: responses.RequestsMock, timer: FakeClock, make_client: Callable[..., GenesysClient]) -> None:
+    client = make_client(act_as=("client_credentials",))
+    never = gm.call(gm.participant(user_id=JANE.id, muted=False, id=gm.uid("leg")), id=gm.uid("call"),
+                    recording_state="active")
+    add_cc_token(rsps)
+    for _ in range(12):
+        rsps.get(f"{CALLS}/{gm.uid('call')}", json=never)
+    applied = Applied(choose_leg([never], JANE.id) or pytest.fail("no leg"), CLIENT_CREDENTIALS)
+    seen = client.confirm(applied, muted=True, recording="pause", deadline=timer() + 30)
+    assert seen == "the leg shows muted=False (asked True); the call shows recordingState=active (asked paused)"
+    assert sum(timer.sleeps) == pytest.approx(2.75) and len(timer.sleeps) == 11  # 12 reads over 3 s

@@ -773,3 +773,55 @@ def test_a_transferred_leg_keeps_its_connected_time(fake: FakeGenesys, http: req
     legs = http.get(f"{fake.url}/api/v2/conversations/calls/{cid}", timeout=5).json()["participants"]
     assert [(p["state"], p.get("connectedTime") == p["startTime"]) for p in legs] == [
         ("connected", True), ("disconnected", False), ("disconnected", True), ("connected", True)]
+
+
+# --- recording state and the asynchronous mute (card capture) ----------------------------------------------------
+
+
+def put_recording(fake: FakeGenesys, cid: str, state: str, access_token: str) -> requests.Response:
+    return requests.put(f"{fake.url}/api/v2/conversations/calls/{cid}/recordingstate",
+                        json={"recordingState": state}, headers={"Authorization": f"Bearer {access_token}"},
+                        timeout=5)
+
+
+def test_the_recording_state_is_paused_and_resumed_and_shown_on_the_call(fake: FakeGenesys,
+                                                                         http: requests.Session) -> None:
+    cid, _ = fake.start_call(fake.add_user(EMAIL), recording="active")
+    token = http.headers["Authorization"].removeprefix("Bearer ")
+    answer = put_recording(fake, cid, "paused", token)
+    assert (answer.status_code, answer.content) == (202, b"") and fake.recording(cid) == "paused"
+    call = http.get(f"{fake.url}/api/v2/conversations/calls/{cid}", timeout=5).json()
+    assert (call["recordingState"], call["securePause"]) == ("paused", True)
+    assert put_recording(fake, cid, "active", token).status_code == 202 and fake.recording(cid) == "active"
+    assert put_recording(fake, cid, "stopped", token).status_code == 400
+    fake.refuse_recording("missing.permissions")
+    refused = put_recording(fake, cid, "paused", token)
+    assert (refused.status_code, refused.json()["code"]) == (403, "missing.permissions")
+    assert fake.recording(cid) == "active"
+    fake.refuse_recording(None)
+    fake.end_call(cid)
+    assert put_recording(fake, cid, "paused", token).json()["code"] == "conversation.error.call.disconnected"
+
+
+def test_strict_recording_pause_needs_the_permission_not_a_participant(fake: FakeGenesys) -> None:
+    fake.strict = True
+    jane = fake.add_user(EMAIL)
+    supervisor = fake.add_user("sam@example.com")
+    cid, _ = fake.start_call(jane, recording="active")
+    tokens = connect(fake, supervisor)
+    refused = put_recording(fake, cid, "paused", tokens["access_token"])
+    assert (refused.status_code, refused.json()["code"]) == (403, "missing.permissions")
+    fake.grant(supervisor, "conversation:recording:pauseOthers")
+    assert put_recording(fake, cid, "paused", tokens["access_token"]).status_code == 202  # not on the call at all
+
+
+def test_a_mute_shows_only_after_the_delay(fake: FakeGenesys, http: requests.Session, clock: FakeClock) -> None:
+    cid, pid = fake.start_call(fake.add_user(EMAIL))
+    fake.mute_delay = 0.5
+    url = f"{fake.url}/api/v2/conversations/calls/{cid}/participants/{pid}"
+    assert http.patch(url, json={"muted": True}, timeout=5).status_code == 202
+    leg = next(p for p in http.get(f"{fake.url}/api/v2/conversations/calls/{cid}", timeout=5).json()["participants"]
+               if p["id"] == pid)
+    assert leg["muted"] is False and not fake.muted(cid, pid)
+    clock.advance(0.5)
+    assert fake.muted(cid, pid)

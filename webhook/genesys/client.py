@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -31,7 +31,7 @@ from webhook.errors import (
 from webhook.events import EMAIL_RE, UUID_RE
 from webhook.genesys.auth import ClientCredentials, TokenSource, UserConnections
 from webhook.genesys.explain import CALL_DISCONNECTED, PARTICIPANT_RULE_CODES, PARTICIPANT_RULE_NOTE, explain
-from webhook.genesys.model import CLIENT_CREDENTIALS, IDENTITY_KINDS, Identity, IdentityKind, Recorder
+from webhook.genesys.model import CLIENT_CREDENTIALS, IDENTITY_KINDS, Identity, IdentityKind, Recorder, Recording
 from webhook.genesys.ratelimit import DEFAULT_REQUESTS_PER_MINUTE, RateLimiter, ratelimit_headers
 from webhook.genesys.retry import retry_delay
 from webhook.genesys.transport import (
@@ -57,6 +57,9 @@ ORGANIZATION_PATH = "/api/v2/organizations/me"
 MY_CALLS_PATH = "/api/v2/conversations/calls"  # the token user's own active calls
 AGENT_PURPOSES = frozenset({"agent", "user"})
 MONITORING_FIELDS = ("monitoredParticipantId", "coachedParticipantId")
+RECORDING_STATES: dict[str, str] = {"pause": "paused", "resume": "active"}  # a rule's word -> recordingState
+CONFIRM_SECONDS = 3.0  # how long [genesys] confirm reads the call back for (within the event's budget)
+CONFIRM_INTERVAL = 0.25
 MAX_CALLS_READ = 5  # calls read per analytics lookup: an agent has one, rarely two or three
 PROBE_EMAIL = "genesys-check@example.invalid"
 PROBE_USER_ID = "00000000-0000-0000-0000-000000000000"
@@ -75,10 +78,11 @@ class Target:
 
 @dataclass(frozen=True)
 class Applied:
-    """A change Genesys accepted: on which leg, and as whom."""
+    """A change Genesys accepted (or a leg found): on which leg, and as whom."""
 
     target: Target
     identity: Identity
+    actor: Actor | None = field(default=None, repr=False, compare=False)  # to read the call back as the same identity
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,54 @@ class GenesysClient:
         a permission hands over to the next one, all within the one deadline; GenesysNoIdentityError when none is
         left, saying why each could not act.
         """
+        actor, target = self._first_identity(
+            agent, lambda actor: self._act_as(actor, agent, muted, conversation_id, deadline, record))
+        if target is None:
+            return None
+        if self.users is not None and actor.identity.user_id is not None:
+            self.users.touch(actor.identity.user_id)
+        return Applied(target, actor.identity, actor)
+
+    def locate(self, agent: str, *, conversation_id: str | None = None, deadline: float,
+               record: Recorder | None = None) -> Applied | None:
+        """Find the agent's active leg as the first identity that can (no change made); None when on no call."""
+        def find(actor: Actor) -> Target | None:
+            user_id = actor.identity.user_id if actor.own_calls and actor.identity.user_id else \
+                self.resolve_user(agent, actor=actor, deadline=deadline, record=record)
+            return self._find(actor, user_id, conversation_id, deadline, record, fresh=False)
+        actor, target = self._first_identity(agent, find)
+        return None if target is None else Applied(target, actor.identity, actor)
+
+    def set_recording(self, target: Target, recording: Recording, *, deadline: float,
+                      record: Recorder | None = None) -> Identity:
+        """Pause or resume the call's recording (secure pause) as the first identity in act_as order that Genesys
+        accepts; the participant rule does not apply to it, a permission does (conversation:recording:pauseOthers)."""
+        path = f"/api/v2/conversations/calls/{segment(target.conversation_id)}/recordingstate"
+        body = {"recordingState": RECORDING_STATES[recording]}
+        actor, _ = self._first_identity(target.user_id, lambda actor: self._call(
+            "PUT", path, actor=actor, deadline=deadline, record=record, body=body))
+        return actor.identity
+
+    def confirm(self, applied: Applied, *, muted: bool | None, recording: Recording | None, deadline: float,
+                record: Recorder | None = None) -> str | None:
+        """Read the call back until the leg shows the microphone (and the call the recording) as asked, for up to
+        CONFIRM_SECONDS within the deadline; None when it does, else what was seen last."""
+        target, actor = applied.target, applied.actor or self._default_actor()
+        until = min(deadline, self._clock() + CONFIRM_SECONDS)
+        path = f"/api/v2/conversations/calls/{segment(target.conversation_id)}"
+        while True:
+            call = json_body(self._call("GET", path, actor=actor, deadline=deadline, record=record))
+            seen = _shown(call, target.participant_id, muted, recording)
+            if seen is None:
+                return None
+            if self._clock() + CONFIRM_INTERVAL >= until:
+                return seen
+            self._sleep(CONFIRM_INTERVAL)
+
+    def _first_identity(self, agent: str, work: Callable[[Actor], V]) -> tuple[Actor, V]:
+        """Run work as each identity of act_as in turn until one is not refused; GenesysNoIdentityError when none
+        is left. An identity that is not available (no connection, a broken one), refused by the participant rule,
+        refused a login or lacking a permission hands over to the next one."""
         reasons: list[str] = []
         for kind in self.act_as:
             actor, why_not = self._actor(kind, agent)
@@ -186,7 +238,7 @@ class GenesysClient:
                 reasons.append(why_not)
                 continue
             try:
-                target = self._act_as(actor, agent, muted, conversation_id, deadline, record)
+                return actor, work(actor)
             except GenesysError as exc:
                 if exc.code in PARTICIPANT_RULE_CODES:
                     reasons.append(f"{actor.identity}: refused by the participant rule ({exc})")
@@ -194,12 +246,6 @@ class GenesysClient:
                     reasons.append(f"{actor.identity}: {explain(exc)}")
                 else:
                     raise
-                continue
-            if target is None:
-                return None
-            if self.users is not None and actor.identity.user_id is not None:
-                self.users.touch(actor.identity.user_id)
-            return Applied(target, actor.identity)
         raise GenesysNoIdentityError(agent, reasons)
 
     def _actor(self, kind: IdentityKind, agent: str) -> tuple[Actor | None, str]:
@@ -492,6 +538,19 @@ class GenesysClient:
         """Store a value under the lock."""
         with self._lock:
             cache[key] = value
+
+
+def _shown(call: Json, participant_id: str, muted: bool | None, recording: Recording | None) -> str | None:
+    """Return what differs from what was asked in a call as read back (None: everything shows as asked)."""
+    leg = next((p for p in call.get("participants") or [] if isinstance(p, dict) and p.get("id") == participant_id),
+               None)
+    wrong = []
+    if muted is not None and (leg is None or leg.get("muted") is not muted):
+        wrong.append(f"the leg shows muted={None if leg is None else leg.get('muted')} (asked {muted})")
+    if recording is not None and call.get("recordingState") != RECORDING_STATES[recording]:
+        wrong.append(f"the call shows recordingState={call.get('recordingState')} "
+                     f"(asked {RECORDING_STATES[recording]})")
+    return "; ".join(wrong) or None
 
 
 def call_gone(error: GenesysError) -> bool:
