@@ -69,3 +69,17 @@ def test_from_without_previous_status_matches_only_the_wildcard() -> None:
 def test_bad_rules_are_refused_with_what_to_fix(table: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         rule_from_table(table)
+
+
+def test_a_rule_may_also_pause_or_resume_the_recording() -> None:
+    rules = (rule_from_table({"status": "card_capture", "action": "mute", "recording": "pause"}),
+             rule_from_table({"status": "recording_only", "action": "none", "recording": "resume"}),
+             rule_from_table({"status": "*", "action": "none"}))
+    capture = decide_fields(rules, "zendesk", "card_capture", None)
+    assert (capture.action, capture.recording, capture.acts) == ("mute", "pause", True)
+    only = decide_fields(rules, "zendesk", "recording_only", None)
+    assert (only.action, only.recording, only.acts) == ("none", "resume", True)
+    nothing = decide_fields(rules, "zendesk", "open", None)
+    assert (nothing.action, nothing.recording, nothing.acts) == ("none", None, False)
+    with pytest.raises(ValueError, match="recording is 'stop'; it must be one of pause, resume"):
+        rule_from_table({"action": "mute", "recording": "stop"})

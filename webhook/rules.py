@@ -10,7 +10,9 @@ from webhook.events import TicketEvent
 
 Action = Literal["mute", "unmute", "none"]
 ACTIONS: tuple[Action, ...] = ("mute", "unmute", "none")
-RULE_KEYS = ("source", "status", "from", "action", "name")
+Recording = Literal["pause", "resume"]
+RECORDINGS: tuple[Recording, ...] = ("pause", "resume")
+RULE_KEYS = ("source", "status", "from", "action", "recording", "name")
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class Rule:
     source: str = "*"
     previous: tuple[str, ...] = ("*",)
     name: str = ""
+    recording: Recording | None = None  # also pause or resume the call's recording (secure pause)
 
     def matches(self, source: str, status: str, previous: str | None) -> bool:
         """Tell whether this rule applies to an event with these fields (statuses compared case-insensitively)."""
@@ -39,6 +42,12 @@ class Decision:
     action: Action
     rule: int | None
     detail: str
+    recording: Recording | None = None
+
+    @property
+    def acts(self) -> bool:
+        """Tell whether Genesys is to be changed at all (the microphone, the recording, or both)."""
+        return self.action != "none" or self.recording is not None
 
 
 def decide(rules: Sequence[Rule], event: TicketEvent) -> Decision:
@@ -51,7 +60,7 @@ def decide_fields(rules: Sequence[Rule], source: str, status: str, previous: str
     for number, rule in enumerate(rules, start=1):
         if rule.matches(source, status, previous):
             label = f"rule {number}" + (f" ({rule.name})" if rule.name else "")
-            return Decision(rule.action, number, label)
+            return Decision(rule.action, number, label, rule.recording)
     return Decision("none", None, "no rule matched")
 
 
@@ -69,12 +78,16 @@ def rule_from_table(table: Mapping[str, Any]) -> Rule:
     name = table.get("name", "")
     if not isinstance(name, str):
         raise ValueError("name must be a string")
+    recording = table.get("recording")
+    if recording is not None and recording not in RECORDINGS:
+        raise ValueError(f"recording is {recording!r}; it must be one of {', '.join(RECORDINGS)} (or left out)")
     return Rule(
         action=action,
         status=_statuses(table.get("status", "*"), "status"),
         source=source,
         previous=_statuses(table.get("from", "*"), "from"),
         name=name,
+        recording=recording,
     )
 
 

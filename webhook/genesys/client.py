@@ -31,7 +31,7 @@ from webhook.errors import (
 from webhook.events import EMAIL_RE, UUID_RE
 from webhook.genesys.auth import ClientCredentials, TokenSource, UserConnections
 from webhook.genesys.explain import CALL_DISCONNECTED, PARTICIPANT_RULE_CODES, PARTICIPANT_RULE_NOTE, explain
-from webhook.genesys.model import CLIENT_CREDENTIALS, IDENTITY_KINDS, Identity, IdentityKind, Recorder, Recording
+from webhook.genesys.model import CLIENT_CREDENTIALS, IDENTITY_KINDS, Identity, IdentityKind, Recorder
 from webhook.genesys.ratelimit import DEFAULT_REQUESTS_PER_MINUTE, RateLimiter, ratelimit_headers
 from webhook.genesys.retry import retry_delay
 from webhook.genesys.transport import (
@@ -46,6 +46,7 @@ from webhook.genesys.transport import (
     segment,
 )
 from webhook.regions import region_hosts
+from webhook.rules import Recording
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ IdentityKind = Literal["agent", "service_user", "client_credentials"]
 IDENTITY_KINDS: tuple[IdentityKind, ...] = ("agent", "service_user", "client_credentials")
 ConnectionKind = Literal["agent", "service_user"]
 ConnectionState = Literal["ok", "broken"]
-Recording = Literal["pause", "resume"]  # what a rule may ask of the call's recording (secure pause)
 
 
 @dataclass(frozen=True)
