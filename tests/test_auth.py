@@ -28,6 +28,7 @@ from webhook.errors import (
     GenesysConnectionError,
     GenesysNoIdentityError,
     GenesysUnavailableError,
+    StoreError,
 )
 from webhook.genesys.auth import (
     LEASE_WAIT_SECONDS,
@@ -136,10 +137,15 @@ def token_answer(access: str = ACCESS2, refresh: str | None = REFRESH2, expires_
     return body
 
 
-def add_refresh(rsps: responses.RequestsMock, presented: str = REFRESH, **answer: Any) -> None:
+def add_refresh(rsps: responses.RequestsMock, presented: str = REFRESH, *, me: gm.Person | None = JANE,
+                **answer: Any) -> None:
+    """The refresh grant, then (unless me is None) the GET /users/me with the new token that keeps the stored
+    e-mail current."""
     rsps.post(TOKEN_URL, json=token_answer(**answer),
               match=[matchers.urlencoded_params_matcher({"grant_type": "refresh_token", "refresh_token": presented}),
                      basic()])
+    if me is not None:
+        rsps.get(f"{API}/api/v2/users/me", json=me.me(), match=[bearer(answer.get("access", ACCESS2))])
 
 
 def add_cc_token(rsps: responses.RequestsMock) -> None:
@@ -237,7 +243,7 @@ def test_a_refused_exchange_is_an_auth_error_without_any_secret(rsps: responses.
 
 def test_refresh_trades_the_refresh_token_with_basic_auth(rsps: responses.RequestsMock, grant: CodeGrant,
                                                           timer: FakeClock, attempts: list[Attempt]) -> None:
-    add_refresh(rsps)
+    add_refresh(rsps, me=None)
     tokens = grant.refresh(REFRESH, deadline=timer() + 30, record=attempts.append, identity=f"agent:{JANE.id}")
     assert tokens == TokenSet(ACCESS2, 86400.0, REFRESH2)
     assert [(a.method, a.path, a.status, a.identity) for a in attempts] == [
@@ -295,7 +301,7 @@ def test_an_expired_token_is_refreshed_once_and_the_rotated_refresh_token_stored
     identity = Identity("agent", JANE.id)
     assert users.token(JANE.id, identity, deadline=timer() + 30, record=attempts.append) == ACCESS2
     assert users.token(JANE.id, identity, deadline=timer() + 30) == ACCESS2  # cached: no second refresh
-    assert users.refreshes == 1 and len(rsps.calls) == 1
+    assert users.refreshes == 1 and len(rsps.calls) == 2  # the refresh, and who the user is now
     assert [a.identity for a in attempts] == [f"agent:{JANE.id}"]
     row = raw_row(store, JANE.id)
     for value in row.values():
@@ -346,7 +352,7 @@ def test_after_a_401_the_next_token_is_refreshed_exactly_once(rsps: responses.Re
     add_refresh(rsps)
     assert tokens.token(deadline=timer() + 30) == ACCESS2
     assert tokens.token(deadline=timer() + 30) == ACCESS2
-    assert users.refreshes == 1 and len(rsps.calls) == 1
+    assert users.refreshes == 1 and len(rsps.calls) == 2  # the refresh, and who the user is now
 
 
 def test_a_lease_held_by_another_process_is_waited_for_and_its_token_used(rsps: responses.RequestsMock,
@@ -709,3 +715,103 @@ def test_confirm_gives_up_after_three_seconds_and_says_what_it_saw(
     seen = client.confirm(applied, muted=True, recording="pause", deadline=timer() + 30)
     assert seen == "the leg shows muted=False (asked True); the call shows recordingState=active (asked paused)"
     assert sum(timer.sleeps) == pytest.approx(2.75) and len(timer.sleeps) == 11  # 12 reads over 3 s
+
+
+# --- found by the attack on this change ------------------------------------------------------------------------
+
+
+def test_a_new_connection_with_an_email_takes_it_from_an_older_one(store: Store, cipher: TokenCipher,
+                                                                   wall: Clock) -> None:
+    # Alice's e-mail was given to Bea at Genesys; Bea connects: an event for that e-mail must find Bea, not Alice.
+    alice = gm.Person("Alice Firstline", "seat-12@example.com")
+    bea = gm.Person("Bea Newhire", "seat-12@example.com")
+    connect(store, cipher, wall, alice)
+    connect(store, cipher, wall, bea)
+    found = store.find_connection("Seat-12@example.com")
+    assert found is not None and found.user_id == bea.id
+    assert [c.user_id for c in store.connections()] == [bea.id]
+
+
+def test_a_refresh_keeps_the_stored_email_as_genesys_has_it_now(
+        rsps: responses.RequestsMock, store: Store, users: UserConnections, cipher: TokenCipher, wall: Clock,
+        timer: FakeClock) -> None:
+    connect(store, cipher, wall, expires_in=0)
+    renamed = gm.Person(JANE.name, "jane.married@example.com")
+    add_refresh(rsps, me=gm.Person(renamed.name, renamed.email))
+    # The refresh answers for Jane's id; /users/me says her e-mail is now another one.
+    rsps.replace(responses.GET, f"{API}/api/v2/users/me", json={"id": JANE.id, "name": JANE.name,
+                                                                "email": renamed.email})
+    users.token(JANE.id, Identity("agent", JANE.id), deadline=timer() + 30)
+    assert store.find_connection(JANE.email) is None
+    found = store.find_connection(renamed.email)
+    assert found is not None and found.user_id == JANE.id
+
+
+class FlakyStore:
+    """The store, except that the first store_refresh fails as a database blip would."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.failures = 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def store_refresh(self, user_id: str, **kwargs: Any) -> bool:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("the database cannot be used: OperationalError")
+        return self.store.store_refresh(user_id, **kwargs)
+
+
+def test_a_rotated_refresh_token_survives_a_database_blip_while_it_is_stored(
+        rsps: responses.RequestsMock, store: Store, grant: CodeGrant, cipher: TokenCipher, wall: Clock,
+        timer: FakeClock) -> None:
+    connect(store, cipher, wall, expires_in=0)
+    users = UserConnections(FlakyStore(store), grant, cipher, connect_url=CONNECT, wallclock=wall, timer=timer,
+                            sleep=timer.sleep)
+    add_refresh(rsps)
+    assert users.token(JANE.id, Identity("agent", JANE.id), deadline=timer() + 30) == ACCESS2
+    row = raw_row(store, JANE.id)
+    assert cipher.decrypt(row["refresh_token"]) == REFRESH2 and row["lease"] is None
+    assert timer.sleeps == [0.2]
+
+
+def test_rotating_keys_never_puts_back_a_refresh_token_a_refresh_replaced(store: Store, wall: Clock) -> None:
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    cipher = TokenCipher((old_key,))
+    connect(store, cipher, wall)
+    rotated = TokenCipher((new_key, old_key))
+    refreshed = []
+
+    def rewrite(ciphertext: str) -> str:  # a refresh commits between the read and the write, once
+        if not refreshed:
+            refreshed.append(True)
+            assert store.lease_refresh(JANE.id, version=0, lease="other", until=wall() + timedelta(seconds=30),
+                                       now=wall())
+            assert store.store_refresh(JANE.id, lease="other", access_token=cipher.encrypt(ACCESS2),
+                                       access_expires_at=wall() + timedelta(hours=1),
+                                       refresh_token=cipher.encrypt(REFRESH2), now=wall())
+        return rotated.rotate(ciphertext)
+
+    assert store.rewrite_tokens(rewrite) == 1
+    row = raw_row(store, JANE.id)
+    assert TokenCipher((new_key,)).decrypt(row["refresh_token"]) == REFRESH2  # the new token, under the new key
+
+
+def test_a_token_no_key_can_decrypt_falls_through_to_the_next_identity(
+        rsps: responses.RequestsMock, store: Store, timer: FakeClock, wall: Clock,
+        make_client: Callable[..., GenesysClient]) -> None:
+    scenario = gm.plain_call()
+    leg, call_id = scenario.expected_participant_id, scenario.expected_conversation_id
+    assert leg is not None and call_id is not None
+    connect(store, TokenCipher((Fernet.generate_key().decode(),)), wall)  # encrypted with a key since removed
+    client = make_client(act_as=("agent", "client_credentials"))
+    add_cc_token(rsps)
+    rsps.post(f"{API}/api/v2/users/search", json={"total": 1, "results": [{"id": JANE.id}]})
+    rsps.post(f"{API}/api/v2/analytics/conversations/details/query",
+              json={"totalHits": 1, "conversations": [{"conversationId": call_id}]})
+    rsps.get(f"{CALLS}/{call_id}", json=scenario.call(call_id))
+    rsps.patch(patch_url(call_id, leg), status=202, match=[bearer(CC_TOKEN)])
+    applied = client.act(JANE.email, True, deadline=timer() + 30)
+    assert applied is not None and applied.identity == CLIENT_CREDENTIALS

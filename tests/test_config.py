@@ -238,6 +238,7 @@ def test_the_user_client_configures_the_agent_and_service_user_identities() -> N
     ({"PUBLIC_URL": "http://bridge.example.com"}, "PUBLIC_URL: 'http://bridge.example.com' is plain http"),
     ({"GENESYS_API_URL": "http://api.example.com"}, "GENESYS_API_URL: 'http://api.example.com' is plain http"),
     ({"GENESYS_LOGIN_URL": "ftp://login.example.com"}, "GENESYS_LOGIN_URL: 'ftp://login.example.com' is not an"),
+    ({"PUBLIC_URL": "https://example.com/bridge"}, "PUBLIC_URL: 'https://example.com/bridge' has a path"),
 ])
 def test_acting_as_a_user_needs_its_whole_setup(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as info:

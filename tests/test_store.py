@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 from tests.conftest import T0
 from webhook.config import database_url
 from webhook.errors import StoreError
-from webhook.genesys.model import Attempt
+from webhook.genesys.model import Attempt, Connection
 from webhook.store import BUSY, OLDER, OURS, NewEvent, Saved, Store, attempts
 
 AGENT = "jane.agent@example.com"
@@ -611,3 +612,19 @@ def test_unreachable_database_raises_store_error_without_the_password(
 def test_database_url_uses_the_psycopg_driver(given: str, used: str) -> None:
     assert database_url(given) == used
 
+
+
+def test_service_users_saved_at_once_leave_exactly_one(store: Store) -> None:
+    # Found in review: on PostgreSQL two concurrent saves both deleted "the" service user, then both inserted.
+    def save(n: int) -> None:
+        store.save_connection(Connection(user_id=f"00000000-0000-4000-8000-{n:012d}", kind="service_user",
+                                         email=f"service{n}@example.com", name=f"Service {n}", refresh_token="r",
+                                         refreshed_at=T0, created_at=T0))
+
+    for _ in range(5):
+        threads = [threading.Thread(target=save, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert [c.kind for c in store.connections()] == ["service_user"]

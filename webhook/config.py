@@ -338,6 +338,9 @@ class _Loader:
         elif scheme == "http" and host.lower() not in LOOPBACK_HOSTS:
             self.env_problem(name, f"{value!r} is plain http to {host}: use https (http is allowed for a loopback "
                              "host only, for tests and local proxies)")
+        elif name == "PUBLIC_URL" and rest.partition("/")[2]:
+            self.env_problem(name, f"{value!r} has a path: the service answers at the root of its host "
+                             "(/genesys/connect, /webhooks/...), so PUBLIC_URL is https://<host> alone")
         return value
 
     def genesys(self, requests_per_minute: float = DEFAULT_REQUESTS_PER_MINUTE,

@@ -9,6 +9,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from webhook.crypto import TokenCipherError
 from webhook.errors import GenesysError, WebhookError
 from webhook.genesys.auth import UserConnections, pkce_pair
 from webhook.genesys.model import Connection, ConnectionKind
@@ -16,6 +17,7 @@ from webhook.store import OAuthState, Store
 
 FLOW_SECONDS = 600.0  # a state, and a service-user link, are valid 10 minutes
 KEEP_EXPIRED_SECONDS = 3600.0
+MAX_FLOWS = 1000  # sign-ins in progress at once: anyone may open the connect page, so its rows are bounded
 COOKIE = "crm_mute_bridge_flow"  # binds a flow to the browser that started it
 
 
@@ -54,10 +56,14 @@ def start(store: Store, users: UserConnections, *, link: str | None, now: dateti
     # Anyone may open the connect page: flows expired an hour ago are deleted as new ones start, so the table holds
     # at most 70 minutes of them (a late callback within the hour is still told "expired", not "unknown").
     store.purge_oauth_states(before=now - timedelta(seconds=KEEP_EXPIRED_SECONDS))
+    if store.oauth_states_in_progress(now=now) >= MAX_FLOWS:
+        raise FlowError("Too many sign-ins are in progress",
+                        f"more than {MAX_FLOWS} were started in the last 10 minutes. Try again in a few minutes.")
     purpose, link_key = "agent", None
     if link is not None:
         row = store.oauth_state(secret_key(link))
-        if row is None or row.purpose != "link" or row.used_at is not None or row.expires_at <= now:
+        # Spent here, at once: two browsers opening one link cannot both go on (a failed sign-in needs a new link).
+        if row is None or row.purpose != "link" or not store.spend_oauth_state(row.key, now=now):
             raise FlowError("This service-user link cannot be used",
                             "it is unknown, already used, or older than 10 minutes. Run `flask --app wsgi genesys "
                             "connect --service-user` for a new one.")
@@ -86,20 +92,18 @@ def finish(store: Store, users: UserConnections, *, state: str | None, code: str
                         "the service when Genesys asks.")
     if not code:
         raise FlowError("The callback carries no code", "Genesys sent neither a code nor an error. Start again.")
-    if row.purpose == "service_user" and not _link_usable(store, row.link, now):
-        raise FlowError("This service-user link cannot be used any more",
-                        "it expired or was used meanwhile. Run `flask --app wsgi genesys connect --service-user` "
-                        "for a new one.")
     try:
-        connection = users.connect(code, users.cipher.decrypt(row.verifier or ""), kind=_kind(row.purpose),
-                                   deadline=deadline)
+        verifier = users.cipher.decrypt(row.verifier or "")
+    except TokenCipherError as exc:
+        raise FlowError("This sign-in cannot be finished",
+                        "its data was encrypted with a key the service no longer has. Start again.") from exc
+    try:
+        return users.connect(code, verifier, kind=_kind(row.purpose), deadline=deadline)
     except GenesysError as exc:
         raise FlowError("Genesys refused the sign-in",
                         f"{exc}. Nothing was stored. Check that the OAuth client is of grant type Code "
-                        "Authorization with this service's redirect URI, then start again.") from exc
-    if row.link is not None:
-        store.spend_oauth_state(row.link, now=now)
-    return connection
+                        "Authorization with this service's redirect URI, then start again"
+                        f"{' with a new service-user link' if row.link else ''}.") from exc
 
 
 def _live_state(store: Store, state: str | None, now: datetime) -> OAuthState:
@@ -113,11 +117,6 @@ def _live_state(store: Store, state: str | None, now: datetime) -> OAuthState:
     if row.expires_at <= now:
         raise FlowError("This sign-in expired", "it must be finished within 10 minutes. Start again.")
     return row
-
-
-def _link_usable(store: Store, link: str | None, now: datetime) -> bool:
-    row = store.oauth_state(link) if link else None
-    return row is not None and row.used_at is None and row.expires_at > now
 
 
 def _kind(purpose: str) -> ConnectionKind:

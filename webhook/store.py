@@ -614,6 +614,8 @@ class Store:
         values |= {"user_id": connection.user_id.lower(), "email_lower": connection.email.lower(), "lease": None,
                    "lease_until": None, "created_at": connection.created_at or connection.refreshed_at}
         with self._tx(atomic=True) as conn:
+            if self.dialect == "postgresql":  # two service users saved at once must not both survive the delete
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CONNECTIONS_LOCK})
             old = conn.execute(select(genesys_connections.c.version, genesys_connections.c.kind)
                                .where(genesys_connections.c.user_id == values["user_id"])).first()
             if old is not None:
@@ -623,6 +625,9 @@ class Store:
             stale = genesys_connections.c.user_id == values["user_id"]
             if connection.kind == "service_user":
                 stale = or_(stale, genesys_connections.c.kind == "service_user")
+            if values["email_lower"]:  # an e-mail names one user: an older connection that still claims it is stale
+                stale = or_(stale, and_(genesys_connections.c.email_lower == values["email_lower"],
+                                        genesys_connections.c.kind == "agent"))
             conn.execute(delete(genesys_connections).where(stale))
             conn.execute(insert(genesys_connections).values(**values))
 
@@ -642,12 +647,16 @@ class Store:
             return conn.execute(query).rowcount == 1
 
     def store_refresh(self, user_id: str, *, lease: str, access_token: str, access_expires_at: datetime,
-                      refresh_token: str, now: datetime) -> bool:
-        """Store refreshed tokens under the lease, bump the version and end the lease; True when written."""
+                      refresh_token: str, now: datetime, email: str | None = None, name: str | None = None) -> bool:
+        """Store refreshed tokens (and the user's current e-mail and name, when given) under the lease, bump the
+        version and end the lease; True when written."""
+        values: dict[str, Any] = {
+            "access_token": access_token, "access_expires_at": access_expires_at, "refresh_token": refresh_token,
+            "refreshed_at": now, "version": genesys_connections.c.version + 1, "lease": None, "lease_until": None}
+        if email is not None:  # Genesys says who the user is now: an e-mail reassigned to someone else moves on
+            values |= {"email": email, "email_lower": email.lower(), "name": name or ""}
         query = update(genesys_connections).where(
-            genesys_connections.c.user_id == user_id, genesys_connections.c.lease == lease,
-        ).values(access_token=access_token, access_expires_at=access_expires_at, refresh_token=refresh_token,
-                 refreshed_at=now, version=genesys_connections.c.version + 1, lease=None, lease_until=None)
+            genesys_connections.c.user_id == user_id, genesys_connections.c.lease == lease).values(**values)
         with self._tx() as conn:
             return conn.execute(query).rowcount == 1
 
@@ -674,15 +683,31 @@ class Store:
                          .values(used_at=now))
 
     def rewrite_tokens(self, rewrite: Callable[[str], str]) -> int:
-        """Pass every stored token through rewrite (key rotation), one transaction; return the rows rewritten."""
-        with self._tx(atomic=True) as conn:
-            rows = conn.execute(select(genesys_connections.c.user_id, genesys_connections.c.refresh_token,
-                                       genesys_connections.c.access_token)).all()
-            for row in rows:
-                conn.execute(update(genesys_connections).where(genesys_connections.c.user_id == row.user_id).values(
-                    refresh_token=rewrite(row.refresh_token),
-                    access_token=rewrite(row.access_token) if row.access_token else None))
-        return len(rows)
+        """Pass every stored token and PKCE verifier through rewrite (key rotation); return the connections
+        rewritten. A row is written only if no refresh changed it since it was read (compare-and-set on version):
+        a refresh in between is read again, so its new refresh token is never overwritten by the old one."""
+        done = 0
+        for user_id in [c.user_id for c in self.connections()]:
+            for _ in range(10):
+                with self._tx() as conn:
+                    row = conn.execute(select(genesys_connections).where(
+                        genesys_connections.c.user_id == user_id)).mappings().first()
+                    if row is None:
+                        break
+                    written = conn.execute(update(genesys_connections).where(
+                        genesys_connections.c.user_id == user_id,
+                        genesys_connections.c.version == row["version"],
+                    ).values(refresh_token=rewrite(row["refresh_token"]),
+                             access_token=rewrite(row["access_token"]) if row["access_token"] else None)).rowcount
+                if written:
+                    done += 1
+                    break
+        with self._tx() as conn:
+            flows = conn.execute(select(oauth_states.c.key, oauth_states.c.verifier)
+                                 .where(oauth_states.c.verifier.is_not(None))).all()
+            for key, verifier in flows:
+                conn.execute(update(oauth_states).where(oauth_states.c.key == key).values(verifier=rewrite(verifier)))
+        return done
 
     def _one_connection(self, where: Any) -> UserConnection | None:
         with self._tx() as conn:
@@ -709,12 +734,19 @@ class Store:
         with self._tx() as conn:
             return conn.execute(query).rowcount == 1
 
+    def oauth_states_in_progress(self, *, now: datetime) -> int:
+        """Return how many flows and links have not expired yet."""
+        with self._tx() as conn:
+            return int(conn.execute(select(func.count()).select_from(oauth_states)
+                                    .where(oauth_states.c.expires_at > now)).scalar() or 0)
+
     def purge_oauth_states(self, *, before: datetime) -> int:
         """Delete flows and links that expired before a time."""
         with self._tx() as conn:
             return int(conn.execute(delete(oauth_states).where(oauth_states.c.expires_at < before)).rowcount)
 
 
+CONNECTIONS_LOCK = 0x636F6E6E  # pg_advisory_xact_lock key of connection replacements ("conn")
 _CONNECTION_FIELDS = ("kind", "email", "name", "refresh_token", "access_token", "access_expires_at", "state", "reason",
                       "broken_at", "refreshed_at", "used_at", "version")
 

@@ -19,12 +19,13 @@ from urllib.parse import urlencode
 import requests
 from cachetools import TTLCache
 
-from webhook.crypto import TokenCipher
+from webhook.crypto import TokenCipher, TokenCipherError
 from webhook.errors import (
     GenesysAuthError,
     GenesysBudgetError,
     GenesysConnectionError,
     GenesysError,
+    StoreError,
 )
 from webhook.genesys.model import Connection, ConnectionKind, Identity, Recorder
 from webhook.genesys.transport import (
@@ -48,6 +49,9 @@ DEFAULT_EXPIRES_IN = 300.0  # Genesys' shortest token lifetime, assumed when the
 TOKEN_MARGIN = 60.0  # a token is refreshed this long before it expires (the Go SDK's margin)
 REFRESH_LEASE_SECONDS = 30.0  # longer than one refresh request can take (its timeout is cut to 13 s)
 LEASE_WAIT_SECONDS = 0.05  # how often a process waiting for another's refresh looks again
+LEASE_WAIT_MAX = 5.0  # past this, the event stops waiting for another process's refresh and tries the next identity
+STORE_TRIES = 3  # a refreshed (maybe rotated) token is worth a few tries of a failing database
+STORE_PAUSE = 0.2
 INVALID_GRANT = "invalid_grant"  # RFC 6749 5.2: the grant (here the refresh token) is invalid, expired or revoked
 _TOKEN_KEY = "token"
 
@@ -297,8 +301,9 @@ class ConnectionRepo(Protocol):
         ...
 
     def store_refresh(self, user_id: str, *, lease: str, access_token: str, access_expires_at: datetime,
-                      refresh_token: str, now: datetime) -> bool:
-        """Store refreshed tokens under the lease (bumping the version and ending the lease); True when written."""
+                      refresh_token: str, now: datetime, email: str | None = None, name: str | None = None) -> bool:
+        """Store refreshed tokens (and the user's current e-mail and name, when known) under the lease, bumping the
+        version and ending the lease; True when written."""
         ...
 
     def end_lease(self, user_id: str, *, lease: str) -> None:
@@ -379,8 +384,9 @@ class UserConnections:
             access_expires_at=now + timedelta(seconds=tokens.expires_in), refreshed_at=now, created_at=now)
         self.repo.save_connection(connection)
         self._forget(me.user_id)
-        logger.info("genesys connection stored (%s)", kind)
-        return connection
+        stored = self.repo.connection(me.user_id) or connection  # the service user stays one on the agents' page
+        logger.info("genesys connection stored (%s)", stored.kind)
+        return stored
 
     def revoke(self, connection: Connection, *, deadline: float) -> None:
         """Delete the connection's token at Genesys (refreshing first when needed); GenesysError when it cannot."""
@@ -414,6 +420,7 @@ class UserConnections:
 
     def _stored_or_refreshed(self, user_id: str, identity: Identity, deadline: float,
                              record: Recorder | None) -> str:
+        waited = 0.0
         while True:
             connection = self.repo.connection(user_id)
             if connection is None:
@@ -433,7 +440,11 @@ class UserConnections:
             if self._timer() + LEASE_WAIT_SECONDS >= deadline:
                 raise GenesysBudgetError(f"the deadline passed while another process was refreshing the token of "
                                          f"{connection.email or user_id}")
+            if waited >= LEASE_WAIT_MAX:
+                raise GenesysConnectionError(f"another process has been refreshing the token of "
+                                             f"{connection.email or user_id} for over {LEASE_WAIT_MAX:g} s")
             self._sleep(LEASE_WAIT_SECONDS)
+            waited += LEASE_WAIT_SECONDS
 
     def _usable_access(self, connection: Connection, now: datetime) -> str | None:
         """Return the stored access token when it has more than the margin left and was not refused here."""
@@ -442,7 +453,7 @@ class UserConnections:
         left = (connection.access_expires_at - now).total_seconds() - self._margin
         if left <= 0:
             return None
-        token = self.cipher.decrypt(connection.access_token)
+        token = self._decrypt(connection, connection.access_token)
         with self._lock:
             if self._rejected.get(connection.user_id) == token:
                 return None
@@ -453,7 +464,7 @@ class UserConnections:
                  record: Recorder | None) -> str:
         """Refresh under the lease; a refusal marks the connection broken, any other failure gives the lease up."""
         try:
-            fresh = self.grant.refresh(self.cipher.decrypt(connection.refresh_token), deadline=deadline,
+            fresh = self.grant.refresh(self._decrypt(connection, connection.refresh_token), deadline=deadline,
                                        record=record, identity=str(identity))
         except GenesysConnectionError as exc:
             reason = f"Genesys refused the refresh token ({exc.status} {exc.code or ''}): {exc.message}".strip()
@@ -467,17 +478,44 @@ class UserConnections:
             self.repo.end_lease(connection.user_id, lease=lease)
             raise
         self.refreshes += 1
-        now = self._wallclock()
-        # Genesys may or may not rotate the refresh token: keep the new one when it sends one.
-        refresh = self.cipher.encrypt(fresh.refresh_token) if fresh.refresh_token else connection.refresh_token
-        expires_at = now + timedelta(seconds=fresh.expires_in)
-        if not self.repo.store_refresh(connection.user_id, lease=lease, access_token=self.cipher.encrypt(
-                fresh.access_token), access_expires_at=expires_at, refresh_token=refresh, now=now):
-            logger.warning("genesys refresh stored too late: the lease had run out")
-        with self._lock:
+        with self._lock:  # usable by this process at once, whatever happens to the store below
             ttl = token_ttl(fresh.expires_in, self._margin)
             self._cache[connection.user_id] = (fresh.access_token, self._timer() + ttl)
+        self._store_refresh(connection, lease, fresh, deadline)
         return fresh.access_token
+
+    def _store_refresh(self, connection: Connection, lease: str, fresh: TokenSet, deadline: float) -> None:
+        """Keep the refreshed tokens (Genesys may have rotated the refresh token: losing it breaks the connection),
+        with the user's current e-mail and name; a failing database is tried a few times within the deadline."""
+        try:
+            me: Me | None = self.grant.me(fresh.access_token, deadline=deadline)
+        except GenesysError:
+            me = None  # the e-mail stays as it was; the next refresh tries again
+        now = self._wallclock()
+        refresh = self.cipher.encrypt(fresh.refresh_token) if fresh.refresh_token else connection.refresh_token
+        access = self.cipher.encrypt(fresh.access_token)
+        expires_at = now + timedelta(seconds=fresh.expires_in)
+        for attempt in range(STORE_TRIES):
+            try:
+                if not self.repo.store_refresh(connection.user_id, lease=lease, access_token=access,
+                                               access_expires_at=expires_at, refresh_token=refresh, now=now,
+                                               email=me.email if me else None, name=me.name if me else None):
+                    logger.warning("genesys refresh stored too late: the lease had run out")
+                return
+            except StoreError:
+                if attempt + 1 == STORE_TRIES or self._timer() + STORE_PAUSE >= deadline:
+                    logger.error("genesys refresh could not be stored: if Genesys rotated the refresh token, the "
+                                 "connection breaks at its next refresh and the user must connect again")
+                    raise
+                self._sleep(STORE_PAUSE)
+
+    def _decrypt(self, connection: Connection, ciphertext: str) -> str:
+        """Decrypt a stored token; a key removed too early makes the connection unusable, not the event crash."""
+        try:
+            return self.cipher.decrypt(ciphertext)
+        except TokenCipherError as exc:
+            raise GenesysConnectionError(f"the token of {connection.email or connection.user_id} cannot be "
+                                         f"decrypted: {exc}") from exc
 
     def _cached(self, user_id: str) -> str | None:
         with self._lock:

@@ -28,7 +28,7 @@ from webhook.errors import (
     GenesysRateLimitedError,
     GenesysUnavailableError,
 )
-from webhook.events import EMAIL_RE, UUID_RE
+from webhook.events import EMAIL_RE, UUID_RE, parse_time
 from webhook.genesys.auth import ClientCredentials, TokenSource, UserConnections
 from webhook.genesys.explain import CALL_DISCONNECTED, PARTICIPANT_RULE_CODES, PARTICIPANT_RULE_NOTE, explain
 from webhook.genesys.model import CLIENT_CREDENTIALS, IDENTITY_KINDS, Identity, IdentityKind, Recorder
@@ -338,7 +338,7 @@ class GenesysClient:
         if actor.own_calls:
             calls = self._own_calls(actor, deadline, record)
             if conversation_id:
-                calls = [c for c in calls if str(c.get("id")) == conversation_id]
+                calls = [c for c in calls if str(c.get("id")).lower() == conversation_id.lower()]
         else:
             ids = [conversation_id] if conversation_id else self._live_conversations(actor, user_id, deadline,
                                                                                    record)
@@ -596,8 +596,8 @@ def choose_leg(calls: Iterable[Json], user_id: str) -> Target | None:
     call, participant = legs[0]
     note = ""
     if len(legs) > 1:
-        note = (f"{len(legs)} active legs of this user qualified; took the one connected most recently "
-                f"({_connected_at(participant) or 'time unknown'})")
+        stamp = participant.get("connectedTime") or participant.get("startTime") or "time unknown"
+        note = f"{len(legs)} active legs of this user qualified; took the one connected most recently ({stamp})"
     muted = participant.get("muted")
     return Target(user_id, str(call["id"]), str(participant["id"]), muted if isinstance(muted, bool) else None, note)
 
@@ -623,8 +623,12 @@ def active_leg(participant: Any, user_id: str) -> bool:
             and str(participant.get("purpose", "")).lower() in AGENT_PURPOSES)
 
 
-def _connected_at(participant: Json) -> str:
-    return str(participant.get("connectedTime") or participant.get("startTime") or "")
+def _connected_at(participant: Json) -> datetime:
+    """Return when a leg connected (connectedTime, else startTime) as a time; the earliest when unreadable."""
+    try:
+        return parse_time(participant.get("connectedTime") or participant.get("startTime"))
+    except (ValueError, TypeError):
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def _iso(moment: datetime) -> str:
