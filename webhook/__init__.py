@@ -9,8 +9,8 @@ from typing import TextIO
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from webhook.clock import utcnow
 from webhook.config import Settings
-from webhook.genesys.client import utcnow
 
 
 def create_app(
