@@ -29,7 +29,7 @@ from webhook.events import FieldMap, encodable, lookup, parse_time, usable_messa
 from webhook.genesys.auth import UserConnections
 from webhook.genesys.explain import explain
 from webhook.processing import REPLAYABLE, no_identity_detail
-from webhook.store import STATES, EventRecord, NewEvent, Store
+from webhook.store import STATES, EventRecord, EventState, NewEvent, Store
 from webhook.views import stored_headers
 
 IMPORT_MARK = "x-crm-mute-bridge-import"  # a header kept with every row `replay --file` inserts
@@ -195,7 +195,7 @@ events_cli = AppGroup("events", help="The event log: list, show, export.")
 @click.option("--since", help="A duration (90s, 15m, 1h, 30d) or an ISO-8601 time.")
 @click.option("--limit", default=50, show_default=True, help="0 means all.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
-def events_list(state: str | None, source: str | None, since: str | None, limit: int, as_json: bool) -> None:
+def events_list(state: EventState | None, source: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """List stored events, newest first."""
     app = get_state()
     rows = app.store.list(state=state, source=source, since=parse_since(since, app.clock()), limit=limit or None)
@@ -348,7 +348,7 @@ def rules_check(status: str | None, previous: str | None, source: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would happen; change nothing, call nothing.")
 @click.option("--force", is_flag=True, help="Skip the age and ordering guards (act on old events).")
 @with_appcontext
-def replay_command(ids: tuple[int, ...], state: str | None, source: str | None, since: str | None,
+def replay_command(ids: tuple[int, ...], state: EventState | None, source: str | None, since: str | None,
                    file: str | None, dry_run: bool, force: bool) -> None:
     """Run saved events through the same processing again and print a table of outcomes."""
     app = get_state()
@@ -367,7 +367,7 @@ def replay_command(ids: tuple[int, ...], state: str | None, source: str | None, 
         sys.exit(1)
 
 
-def _replay_targets(app: AppState, ids: tuple[int, ...], state: str | None, source: str | None,
+def _replay_targets(app: AppState, ids: tuple[int, ...], state: EventState | None, source: str | None,
                     since: str | None, file: str | None, dry_run: bool) -> tuple[list[int], list[tuple[str, str]]]:
     problems: list[tuple[str, str]] = []
     if file:
