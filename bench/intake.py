@@ -48,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import Service, dry_run_env, settings_of, worker_pids  # noqa: E402
+from tests.support.servers import Service, dry_run_env, settings_of, worker_pids  # noqa: E402
 from webhook import signatures  # noqa: E402
 from webhook.config import Settings, secret_variable  # noqa: E402
 from webhook.store import Store  # noqa: E402

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, text
 
-from tests.conftest import ROOT
-from tests.servers import dry_run_env
+from tests.support.app import ROOT
+from tests.support.servers import dry_run_env
 from webhook import migrations
 from webhook.migrations import MIGRATIONS, current_version, schema_versions, upgrade, versions_metadata
 from webhook.store import OURS, Store, metadata

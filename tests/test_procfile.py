@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT
-from tests.fake_genesys import FakeGenesys
-from tests.servers import (
-    CONFIG,
+from tests.support.app import CONFIG, ROOT
+from tests.support.fake_genesys import FakeGenesys
+from tests.support.servers import (
     dry_run_env,
     free_port,
     service_env,
