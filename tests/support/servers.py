@@ -57,9 +57,12 @@ def wait_until(predicate: Callable[[], T | None], timeout: float, *, interval: f
         time.sleep(interval)
 
 
-def write_config(path: Path, *, requests_per_minute: float | None = None, **processing: float) -> Path:
-    """Write a copy of the shipped config/webhook.toml with the given [processing] knobs (and [genesys]
-    requests_per_minute) changed; return its path."""
+def write_config(path: Path, *, requests_per_minute: float | None = 0, **processing: float) -> Path:
+    """Write a copy of the shipped config/webhook.toml with the given [processing] knobs changed; return its path.
+
+    [genesys] requests_per_minute is 0 (the service's own request spacing off) unless given: the fake Genesys has
+    no rate limit unless a test sets one, and at the shipped 300 a minute 100 events take 20 s of waiting. A test of
+    the spacing passes the value it tests; None keeps the shipped value."""
     source = Path(CONFIG).read_text(encoding="utf-8")
     if requests_per_minute is not None:
         source, found = re.subn(r"(?m)^requests_per_minute\s*=\s*[0-9.]+",
