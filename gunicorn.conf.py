@@ -32,7 +32,11 @@ preload_app = False  # each worker builds its own app, store pool and background
 
 
 def on_starting(server: Any) -> None:
-    """Start every master with empty metrics files (counts of a previous run would be added in)."""
+    """Check the settings before any worker is forked (a broken configuration ends the master once, exit 1, with
+    every problem listed, instead of each worker failing and being booted again); start with empty metrics files."""
+    from webhook.startup import load_settings
+
+    load_settings()
     for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
         stale.unlink()
 

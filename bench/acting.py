@@ -36,12 +36,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port  # noqa: E402
-from tests.fake_genesys import FakeGenesys, LoggedRequest  # noqa: E402
-from tests.servers import (  # noqa: E402
+from tests.support.fake_genesys import FakeGenesys, LoggedRequest  # noqa: E402
+from tests.support.servers import (  # noqa: E402
     Service,
     connect_service_user,
     connect_user,
+    free_port,
     service_env,
     user_client_env,
     wait_until,

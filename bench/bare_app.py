@@ -1,4 +1,4 @@
-"""The bench's baseline: a bare Flask app that reads the body of POST /webhooks/<source> and answers 202.
+"""One of the bench's two baselines: a bare Flask app that reads the body of POST /webhooks/<source> and answers 202.
 
 Served by bench/intake.py under the same gunicorn.conf.py (workers, threads, worker class, access log) as the
 service, so the difference between the two is what the service does per request: verify, parse, store, hand over.

@@ -60,9 +60,9 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select  # noqa: E402
 
 from bench.intake import machine, percentile, wait_drained  # noqa: E402
-from tests.conftest import PG_ENV, postgres_url, scratch_postgres  # noqa: E402
-from tests.fake_genesys import FakeGenesys  # noqa: E402
-from tests.servers import Service, service_env, signed_request, write_config  # noqa: E402
+from tests.support.databases import PG_ENV, postgres_url, scratch_postgres  # noqa: E402
+from tests.support.fake_genesys import FakeGenesys  # noqa: E402
+from tests.support.servers import Service, service_env, signed_request, write_config  # noqa: E402
 from webhook.store import Store, attempts, events  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"

@@ -25,8 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fake_genesys import FakeGenesys  # noqa: E402
-from tests.servers import Service, service_env, wait_until, worker_pids, write_config  # noqa: E402
+from tests.support.fake_genesys import FakeGenesys  # noqa: E402
+from tests.support.servers import (  # noqa: E402
+    Service,
+    service_env,
+    wait_until,
+    worker_pids,
+    write_config,
+)
 from webhook.store import Store  # noqa: E402
 
 TIME_CAP = 600.0  # seconds the whole run may take

@@ -18,9 +18,8 @@ from responses import matchers
 from responses.registries import OrderedRegistry
 from sqlalchemy import select
 
-from tests import genesys_models as gm
-from tests.conftest import T0, Clock
-from tests.fake_genesys import FakeClock
+from tests.support import genesys_models as gm
+from tests.support.clocks import T0, Clock, FakeClock
 from webhook.crypto import TokenCipher
 from webhook.errors import (
     GenesysAuthError,

@@ -15,7 +15,8 @@ import pytest
 import responses
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from tests.conftest import ROOT, Clock, SignedPost, make_settings
+from tests.support.app import ROOT, SignedPost, make_settings
+from tests.support.clocks import Clock
 from webhook import create_app
 from webhook.cli import IMPORT_MARK, IMPORT_NOTE, fresh_env, parse_since
 from webhook.crypto import parse_keys

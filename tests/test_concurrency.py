@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import PG_ENV, T0, Clock, fresh_database, make_settings
+from tests.support.app import make_settings
+from tests.support.clocks import T0, Clock
+from tests.support.databases import PG_ENV, fresh_database
 from webhook import create_app, signatures
 from webhook.store import OURS, NewEvent, Store
 

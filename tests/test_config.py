@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFIG, ROOT, SECRETS
+from tests.support.app import CONFIG, ROOT, SECRETS
 from webhook.config import Settings, database_url, secret_variable
 from webhook.errors import ConfigError
 

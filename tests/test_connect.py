@@ -21,8 +21,8 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import select, update
 from werkzeug.test import TestResponse
 
-from tests.conftest import Clock
-from tests.fake_genesys import FakeGenesys, pkce_challenge
+from tests.support.clocks import Clock
+from tests.support.fake_genesys import FakeGenesys, pkce_challenge
 from webhook import create_app
 from webhook.config import Settings
 from webhook.crypto import TokenCipher
@@ -36,12 +36,6 @@ SUMMARY_KEYS = ["user_id", "email", "name", "kind", "state", "reason", "broken_a
 
 
 # --- the service, the fake and a browser --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGenesys]:
-    with FakeGenesys() as fake:
-        yield fake
 
 
 @pytest.fixture

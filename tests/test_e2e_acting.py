@@ -25,9 +25,9 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import ROOT
-from tests.fake_genesys import REFUSALS, FakeGenesys, LoggedRequest
-from tests.servers import (
+from tests.support.app import ROOT
+from tests.support.fake_genesys import REFUSALS, FakeGenesys, LoggedRequest
+from tests.support.servers import (
     Service,
     run_cli,
     running_service,
@@ -131,12 +131,6 @@ class Live:
 
     def close(self) -> None:
         self.app.extensions["webhook"].shutdown()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGenesys]:
-    with FakeGenesys() as server:
-        yield server
 
 
 @pytest.fixture

@@ -17,12 +17,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from tests.conftest import free_port
-from tests.fake_genesys import FakeGenesys
-from tests.servers import (
+from tests.support.fake_genesys import FakeGenesys
+from tests.support.servers import (
     Service,
     connect_service_user,
     connect_user,
+    free_port,
     run_cli,
     service_env,
     user_client_env,
@@ -31,7 +31,7 @@ from tests.servers import (
 )
 from webhook.store import EventRecord, Store
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.fake_genesys(strict=True)]  # the participant rule enforced
 
 SERVICE_PERMISSIONS = ("conversation:communication:disconnect", "analytics:conversationDetail:view",
                        "directory:user:view")
@@ -74,12 +74,6 @@ class Bridge:
     def identities(self, record: EventRecord) -> set[str | None]:
         """Who acted in the event's recorded attempts."""
         return {a.identity for a in self.store.attempts(record.id)}
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGenesys]:
-    with FakeGenesys(strict=True) as server:
-        yield server
 
 
 @pytest.fixture

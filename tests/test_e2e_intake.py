@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.servers import Service, dry_run_env, run_cli, wait_final
+from tests.support.app import ROOT
+from tests.support.servers import Service, dry_run_env, run_cli, wait_final
 from webhook.cli import freshen
 from webhook.store import EventRecord, Store
 

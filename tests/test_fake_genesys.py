@@ -15,7 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from tests.fake_genesys import USER_CONTEXT, FakeClock, FakeGenesys
+from tests.support.clocks import FakeClock
+from tests.support.fake_genesys import USER_CONTEXT, FakeGenesys
 from webhook.errors import GenesysBadRequestError, GenesysNotFoundError
 from webhook.genesys.client import GenesysClient, Target, analytics_body, user_search_body
 from webhook.genesys.explain import explain

@@ -31,9 +31,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import PrivatePostgres
-from tests.fake_genesys import FakeGenesys, LoggedRequest
-from tests.servers import (
+from tests.support.databases import PrivatePostgres
+from tests.support.fake_genesys import FakeGenesys, LoggedRequest
+from tests.support.servers import (
     Service,
     pid_of_connection,
     service_env,
@@ -230,12 +230,6 @@ def report(name: str, stream: Stream, records: dict[int, EventRecord], fake: Fak
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGenesys]:
-    with FakeGenesys() as server:
-        yield server
 
 
 @contextmanager

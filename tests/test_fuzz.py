@@ -56,8 +56,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskCliRunner
 
-from tests.conftest import CONFIG, SECRETS, T0, Clock, fresh_database, make_settings
-from tests.test_robustness import (
+from tests.support.app import CONFIG, SECRETS, make_settings
+from tests.support.clocks import T0, Clock
+from tests.support.databases import fresh_database
+from tests.support.hostile import (
     BAD_TIMES,
     BAD_TIMESTAMPS,
     FORWARDED,

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from responses import matchers
 from responses.registries import OrderedRegistry
 
-from tests.fake_genesys import FakeClock
+from tests.support.clocks import FakeClock
 from webhook.errors import (
     GenesysAuthError,
     GenesysBadRequestError,

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from tests import genesys_models as gm
-from tests.genesys_models import JANE, T0, Json, Scenario
+from tests.support import genesys_models as gm
+from tests.support.clocks import T0
+from tests.support.genesys_models import JANE, Json, Scenario
 
 LEG = "11111111-2222-3333-4444-555555555555"
 USER = "50fcd33c-0000-4000-8000-000000000001"

@@ -11,8 +11,9 @@ from dataclasses import replace
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import Clock, SignedPost, make_settings
-from tests.fake_genesys import FakeGenesys
+from tests.support.app import SignedPost, make_settings
+from tests.support.clocks import Clock
+from tests.support.fake_genesys import FakeGenesys
 from webhook import create_app, signatures
 from webhook.config import Genesys
 from webhook.logs import JsonFormatter, PlainFormatter, RequestIdFilter

@@ -10,7 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Clock, SignedPost
+from tests.support.app import SignedPost
+from tests.support.clocks import Clock
 from webhook import create_app
 from webhook.config import Settings
 from webhook.store import NewEvent

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -13,7 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, text
 
-from tests.conftest import ROOT
+from tests.support.app import ROOT
+from tests.support.servers import dry_run_env
 from webhook import migrations
 from webhook.migrations import MIGRATIONS, current_version, schema_versions, upgrade, versions_metadata
 from webhook.store import OURS, Store, metadata
@@ -50,8 +50,7 @@ def test_a_database_made_before_versioning_is_brought_under_it(empty_store: Stor
 
 
 def test_db_upgrade_command_is_idempotent(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENESYS", "DATABASE_URL"))}
-    env |= {"PYTHONPATH": str(ROOT), "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    env = dry_run_env(f"sqlite:///{tmp_path / 'x.db'}", PYTHONPATH=str(ROOT))  # a valid configuration
     command = [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"]
     first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
@@ -129,8 +128,7 @@ def test_a_failing_step_leaves_the_database_as_it_was(empty_store: Store, monkey
 
 
 def test_db_upgrade_reports_an_unreachable_database_without_its_password(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENESYS", "DATABASE_URL"))}
-    env |= {"PYTHONPATH": str(ROOT), "DATABASE_URL": "postgres://u:hunter2@127.0.0.1:1/x"}
+    env = dry_run_env("postgres://u:hunter2@127.0.0.1:1/x", PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

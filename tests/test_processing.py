@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Clock, make_settings
+from tests.support.app import make_settings
+from tests.support.clocks import T0, Clock, FakeClock
 from webhook.errors import GenesysBadRequestError, GenesysBudgetError, GenesysError, GenesysNotFoundError
 from webhook.events import PRESETS
 from webhook.genesys.client import Applied, Target, call_gone
@@ -18,7 +19,6 @@ from webhook.genesys.model import CLIENT_CREDENTIALS, Attempt
 from webhook.processing import Processor, age_verdict, budget_deadline
 from webhook.store import OURS, NewEvent, Store
 
-T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 JANE = "jane.agent@example.com"
 
 
@@ -256,22 +256,7 @@ def test_a_run_whose_claim_was_taken_over_does_not_overwrite_the_winner(store: S
 
 # ---------------------------------------------------------------- one event at a time per agent (live)
 
-class Ticking:
-    """A monotonic clock that only the injected sleep moves, recording each wait."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-def live(store: Store, clock: Clock, genesys: Any, ticking: Ticking) -> Processor:
+def live(store: Store, clock: Clock, genesys: Any, ticking: FakeClock) -> Processor:
     proc = processor(store, clock, genesys)
     return Processor(store, proc.settings, genesys, clock=clock, monotonic=ticking, sleep=ticking.sleep)
 
@@ -279,13 +264,13 @@ def live(store: Store, clock: Clock, genesys: Any, ticking: Ticking) -> Processo
 def test_a_newer_event_waits_while_an_older_one_is_acting_on_the_same_agent(store: Store) -> None:
     older, newer = save(store, event_id="old"), save(store, event_id="new", status="open",
                                                      previous="payment_in_progress", occurred=T0 + timedelta(seconds=1))
-    clock, ticking, genesys = Clock(T0 + timedelta(seconds=2)), Ticking(), StubGenesys(TARGET)
+    clock, ticking, genesys = Clock(T0 + timedelta(seconds=2)), FakeClock(), StubGenesys(TARGET)
     # The older event holds the agent: it is in the middle of its PATCH in another worker.
     store.claim(older, now=T0, stale_before=T0)
     store.advance_agent(JANE, occurred_at=T0, event_pk=older, now=T0, hold_until=T0 + timedelta(seconds=35))
 
     def older_finishes(seconds: float) -> None:
-        Ticking.sleep(ticking, seconds)
+        FakeClock.sleep(ticking, seconds)
         if len(ticking.sleeps) == 3:
             store.finish(older, state="applied", detail="muted", now=clock(), claimed_at=T0, release_hold=True)
 
@@ -298,7 +283,7 @@ def test_a_newer_event_waits_while_an_older_one_is_acting_on_the_same_agent(stor
 def test_a_newer_event_kept_waiting_past_its_budget_fails_and_says_why(store: Store) -> None:
     older, newer = save(store, event_id="old"), save(store, event_id="new", occurred=T0 + timedelta(seconds=1))
     store.advance_agent(JANE, occurred_at=T0, event_pk=older, now=T0, hold_until=T0 + timedelta(hours=1))
-    clock, ticking, genesys = Clock(T0 + timedelta(seconds=2)), Ticking(), StubGenesys(TARGET)
+    clock, ticking, genesys = Clock(T0 + timedelta(seconds=2)), FakeClock(), StubGenesys(TARGET)
     outcome = live(store, clock, genesys, ticking).process(newer)
     assert outcome.new_state == "failed" and genesys.calls == []
     assert outcome.detail == (f"another event for {JANE} was still changing the microphone when this event's retry "
@@ -309,7 +294,7 @@ def test_a_newer_event_kept_waiting_past_its_budget_fails_and_says_why(store: St
 @pytest.mark.parametrize("errors", [[], [GenesysBadRequestError("no", status=400, code="not.a.user")]],
                          ids=["applied", "failed"])
 def test_an_event_frees_the_agent_when_it_finishes(store: Store, errors: list[Exception]) -> None:
-    clock, ticking = Clock(T0 + timedelta(seconds=2)), Ticking()
+    clock, ticking = Clock(T0 + timedelta(seconds=2)), FakeClock()
     live(store, clock, StubGenesys(TARGET, errors), ticking).process(save(store, event_id="first"))
     assert store.advance_agent(JANE, occurred_at=T0 + timedelta(seconds=1), event_pk=99, now=clock()) == OURS
 
@@ -328,7 +313,7 @@ def test_two_workers_never_patch_one_agent_out_of_order(store: Store) -> None:
                 assert newer_waited.wait(10)
             patches.append(muted)
 
-    slow = Processor(store, live(store, clock, StubGenesys(), Ticking()).settings, Recording(TARGET), clock=clock)
+    slow = Processor(store, live(store, clock, StubGenesys(), FakeClock()).settings, Recording(TARGET), clock=clock)
     first = threading.Thread(target=slow.process, args=(older,))
 
     def waiting(seconds: float) -> None:  # the newer event found the agent held: let the older one finish

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT
-from tests.fake_genesys import FakeGenesys
-from tests.servers import (
+from tests.support.app import CONFIG, ROOT
+from tests.support.fake_genesys import FakeGenesys
+from tests.support.servers import (
+    dry_run_env,
     free_port,
     service_env,
     settings_of,
@@ -108,6 +109,43 @@ def test_release_twice_then_web_survives_sigterm_with_events_in_flight(scratch_p
     assert len({p.path for p in muted}) == len(agents)  # every agent's own participant, once each at least
     log = (tmp_path / "web.log").read_text()
     assert '"logger": "gunicorn.access"' in log and "Handling signal: term" in log
+
+
+def misspelt_config(tmp_path: Path) -> Path:
+    """A copy of the shipped config whose [intake] key is misspelt (the typo a user makes)."""
+    path = tmp_path / "webhook.toml"
+    path.write_text(Path(CONFIG).read_text().replace("\nmax_body_bytes ", "\nmax_body_byte "), encoding="utf-8")
+    return path
+
+
+TYPO = "intake.max_body_byte: unknown key; [intake] has max_body_bytes, trusted_proxies"
+
+
+def test_a_broken_config_stops_the_gunicorn_master_once_before_any_worker(tmp_path: Path) -> None:
+    env = dry_run_env(f"sqlite:///{tmp_path / 'webhook.db'}", misspelt_config(tmp_path), PORT=str(free_port()),
+                      WEB_CONCURRENCY="2")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    web = run(procfile()["web"], env, tmp_path / "web.log")
+    try:
+        code = web.wait(timeout=20)
+    finally:
+        with_suppressed_kill(web)
+    log = (tmp_path / "web.log").read_text()
+    assert code == 1, log[-3000:]
+    assert log.count("crm-mute-bridge cannot start:") == 1 and log.count(TYPO) == 1, log[-3000:]
+    assert "Booting worker" not in log
+
+
+def test_the_release_step_fails_with_the_problems_of_a_broken_config(tmp_path: Path) -> None:
+    env = dry_run_env(f"sqlite:///{tmp_path / 'webhook.db'}", misspelt_config(tmp_path))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    release = subprocess.run(["/bin/sh", "-c", procfile()["release"]], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert release.returncode == 1, release.stdout + release.stderr
+    assert release.stderr.count(TYPO) == 1
+    assert release.stderr.rstrip().endswith(
+        "Error: the database was not migrated: fix the configuration problem(s) above first")
+    assert not (tmp_path / "webhook.db").exists()
 
 
 def metric(text: str, sample: str) -> float:

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 
-from tests.conftest import T0
+from tests.support.clocks import T0
 from webhook.config import database_url
 from webhook.errors import StoreError
 from webhook.genesys.model import Attempt, Connection

@@ -9,8 +9,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine
 
-from tests.conftest import ROOT, Clock, SignedPost
-from webhook import signatures
+from tests.support.app import ROOT, SignedPost
+from tests.support.clocks import Clock
+from webhook import create_app, signatures
 from webhook.cli import freshen
 from webhook.config import Settings
 from webhook.store import NewEvent, Store
@@ -118,16 +119,21 @@ def test_a_tampered_byte_is_refused(client: FlaskClient, settings: Settings, clo
     assert client.post("/webhooks/inhouse", data=tampered, headers=headers).status_code == 401
 
 
-def test_a_rotated_second_secret_is_accepted(app: Flask, client: FlaskClient, settings: Settings,
-                                             clock: Clock) -> None:
+def test_a_rotated_second_secret_is_accepted(settings: Settings, clock: Clock) -> None:
     from dataclasses import replace
 
     src = replace(settings.sources["inhouse"], secrets=("old-one", "new-one"))
-    app.extensions["webhook"].settings = replace(settings, sources={**settings.sources, "inhouse": src})
+    rotated = create_app(replace(settings, sources={**settings.sources, "inhouse": src}), clock=clock,
+                         background=False)
     body = generic().encode()
-    for secret in ("old-one", "new-one"):
+    answers = []
+    for secret in ("old-one", "new-one"):  # the same delivery signed with each secret: stored once, then a duplicate
         headers = signatures.sign("hmac-sha256", body=body, secret=secret, now=clock())
-        assert client.post("/webhooks/inhouse", data=body, headers=headers).status_code in (200, 202)
+        answers.append(rotated.test_client().post("/webhooks/inhouse", data=body, headers=headers))
+    rotated.extensions["webhook"].store.close()
+    assert [a.status_code for a in answers] == [202, 200]
+    assert answers[1].json["duplicates"] == [{"id": answers[0].json["accepted"][0]["id"], "source": "inhouse",
+                                              "event_id": "evt_1"}]
 
 
 def test_a_signed_body_that_cannot_be_parsed_is_stored_invalid_and_400(signed_post: SignedPost,

@@ -6,7 +6,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
-from tests.conftest import T0, Clock
+from tests.support.clocks import T0, Clock
 from webhook.metrics import Metrics
 from webhook.store import NewEvent, Store
 from webhook.worker import Sweeper, Worker

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from datetime import datetime
+from typing import TextIO
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from webhook.clock import utcnow
 from webhook.config import Settings
-from webhook.genesys.client import utcnow
 
 
 def create_app(
@@ -20,8 +19,10 @@ def create_app(
     clock: Callable[[], datetime] = utcnow,
     genesys: object | None = None,
     background: bool = True,
+    log_stream: TextIO | None = None,
 ) -> Flask:
-    """Build the app: settings from the environment unless given; store, Genesys client, worker, views, commands."""
+    """Build the app: settings from the environment unless given; store, Genesys client, worker, views, commands.
+    Logs go to log_stream (default stdout; webhook.startup passes stderr under `flask`, whose stdout is output)."""
     from webhook import cli, logs, views
     from webhook.app_state import AppState, genesys_client, user_connections
     from webhook.genesys.client import GenesysClient
@@ -31,9 +32,7 @@ def create_app(
     from webhook.worker import Sweeper, Worker
 
     settings = settings or Settings.from_env()
-    # Under `flask <command>` stdout is the command's output (tables, JSON): logs go to stderr there.
-    cli_run = os.environ.get("FLASK_RUN_FROM_CLI") == "true"
-    logs.configure(settings.log_format, settings.log_level, stream=sys.stderr if cli_run else sys.stdout)
+    logs.configure(settings.log_format, settings.log_level, stream=log_stream)
     app = Flask(__name__, instance_relative_config=False)
     # One byte over the limit, so that the view sees a cut chunked body as too large (views.receive).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1

@@ -9,7 +9,6 @@ import json
 import re
 import sys
 import time
-import tomllib
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -23,14 +22,14 @@ from flask.cli import AppGroup, with_appcontext
 
 from webhook import oauth_flow, signatures
 from webhook.app_state import AppState, genesys_client, get_state
-from webhook.config import Settings, secret_variable
+from webhook.config import Settings, secret_variable, source_schemes
 from webhook.crypto import generate_key
 from webhook.errors import ConfigError, GenesysError, GenesysNoIdentityError, StoreError
 from webhook.events import FieldMap, encodable, lookup, parse_time, usable_message_id
 from webhook.genesys.auth import UserConnections
 from webhook.genesys.explain import explain
 from webhook.processing import REPLAYABLE, no_identity_detail
-from webhook.store import STATES, EventRecord, NewEvent, Store
+from webhook.store import STATES, EventRecord, EventState, NewEvent, Store
 from webhook.views import stored_headers
 
 IMPORT_MARK = "x-crm-mute-bridge-import"  # a header kept with every row `replay --file` inserts
@@ -94,7 +93,7 @@ def init_command(env_file: str, example: str) -> None:
     if env_path.exists():
         click.echo(f"{env_path} exists; left as it is")
     else:
-        env_path.write_text(fresh_env(Path(example).read_text(encoding="utf-8"), _schemes()), encoding="utf-8")
+        env_path.write_text(fresh_env(Path(example).read_text(encoding="utf-8"), source_schemes()), encoding="utf-8")
         env_path.chmod(0o600)
         click.echo(f"wrote {env_path} with fresh webhook secrets and GENESYS_DRY_RUN=true")
     from dotenv import load_dotenv
@@ -105,18 +104,6 @@ def init_command(env_file: str, example: str) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     upgrade_database(settings.database_url)
-
-
-def _schemes() -> dict[str, str]:
-    import os
-
-    path = os.environ.get("WEBHOOK_CONFIG") or "config/webhook.toml"
-    try:
-        with open(path, "rb") as handle:
-            sources = tomllib.load(handle).get("sources", {})
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
-    return {name: table.get("scheme", "") for name, table in sources.items() if isinstance(table, dict)}
 
 
 def fresh_env(example: str, schemes: dict[str, str]) -> str:
@@ -208,7 +195,7 @@ events_cli = AppGroup("events", help="The event log: list, show, export.")
 @click.option("--since", help="A duration (90s, 15m, 1h, 30d) or an ISO-8601 time.")
 @click.option("--limit", default=50, show_default=True, help="0 means all.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
-def events_list(state: str | None, source: str | None, since: str | None, limit: int, as_json: bool) -> None:
+def events_list(state: EventState | None, source: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """List stored events, newest first."""
     app = get_state()
     rows = app.store.list(state=state, source=source, since=parse_since(since, app.clock()), limit=limit or None)
@@ -299,15 +286,7 @@ db_cli = AppGroup("db", help="The database schema.")
 @db_cli.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the schema to the latest version (idempotent; the Procfile's release step)."""
-    import os
-
-    from flask import current_app
-
-    from webhook.config import DEFAULT_DATABASE_URL, database_url
-
-    state: AppState | None = current_app.extensions.get("webhook")
-    url = state.settings.database_url if state else database_url(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
-    upgrade_database(url)
+    upgrade_database(get_state().settings.database_url)
 
 
 def upgrade_database(url: str) -> None:
@@ -369,7 +348,7 @@ def rules_check(status: str | None, previous: str | None, source: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would happen; change nothing, call nothing.")
 @click.option("--force", is_flag=True, help="Skip the age and ordering guards (act on old events).")
 @with_appcontext
-def replay_command(ids: tuple[int, ...], state: str | None, source: str | None, since: str | None,
+def replay_command(ids: tuple[int, ...], state: EventState | None, source: str | None, since: str | None,
                    file: str | None, dry_run: bool, force: bool) -> None:
     """Run saved events through the same processing again and print a table of outcomes."""
     app = get_state()
@@ -388,7 +367,7 @@ def replay_command(ids: tuple[int, ...], state: str | None, source: str | None, 
         sys.exit(1)
 
 
-def _replay_targets(app: AppState, ids: tuple[int, ...], state: str | None, source: str | None,
+def _replay_targets(app: AppState, ids: tuple[int, ...], state: EventState | None, source: str | None,
                     since: str | None, file: str | None, dry_run: bool) -> tuple[list[int], list[tuple[str, str]]]:
     problems: list[tuple[str, str]] = []
     if file:
@@ -631,17 +610,3 @@ def store_errors_named(command: click.Command) -> click.Command:
     named.store_errors_named = True  # type: ignore[attr-defined]
     command.callback = named
     return command
-
-
-def setup_app(problem: ConfigError) -> Flask:
-    """An app for a broken configuration: only `init` runs, and every request is answered 503 with the problems."""
-    app = Flask(__name__)
-    app.cli.add_command(init_command)
-    app.cli.add_command(db_cli)
-
-    @app.route("/", defaults={"path": ""})
-    @app.route("/<path:path>", methods=["GET", "POST"])
-    def misconfigured(path: str) -> tuple[dict[str, Any], int]:
-        return {"error": "misconfigured", "detail": "; ".join(problem.problems)}, 503
-
-    return app

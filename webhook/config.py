@@ -122,8 +122,22 @@ class Settings:
 
             load_dotenv(Path.cwd() / ".env", override=False)
             environ = os.environ
-        path = config_path or environ.get("WEBHOOK_CONFIG") or DEFAULT_CONFIG
-        return _Loader(environ, path).load()
+        return _Loader(environ, config_path or config_file(environ)).load()
+
+
+def config_file(environ: Mapping[str, str] | None = None) -> str:
+    """Name the TOML file to read: WEBHOOK_CONFIG, else config/webhook.toml."""
+    return (os.environ if environ is None else environ).get("WEBHOOK_CONFIG") or DEFAULT_CONFIG
+
+
+def source_schemes(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return each configured source's scheme as the TOML names it, even while the settings cannot load (for `init`,
+    which writes the secrets that are missing); {} when the file cannot be read."""
+    loader = _Loader(os.environ if environ is None else environ, config_file(environ))
+    sources = loader.read_toml().get("sources", {})
+    if not isinstance(sources, dict):
+        return {}
+    return {name: str(table.get("scheme", "")) for name, table in sources.items() if isinstance(table, dict)}
 
 
 def secret_variable(source: str) -> str:

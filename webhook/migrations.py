@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, inspect, select, text
 from sqlalchemy.engine import Connection
 
+from webhook.clock import utcnow
 from webhook.store import agent_state, attempts, genesys_connections, oauth_states
 from webhook.store import metadata as store_metadata
 
@@ -86,7 +87,7 @@ def upgrade(conn: Connection, *, now: datetime | None = None) -> list[Migration]
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_ID})
     versions_metadata.create_all(conn)
-    stamp = now or datetime.now(UTC)
+    stamp = now or utcnow()
     done = current_version(conn)
     if done == 0 and not inspect(conn).has_table("events"):
         store_metadata.create_all(conn)  # a new database: today's tables, stamped with every version

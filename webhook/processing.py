@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Literal
 
 from webhook import events as events_mod
 from webhook.config import DEFAULT_TOLERANCE, Genesys, Settings
@@ -18,11 +19,12 @@ from webhook.genesys.explain import RULE_FACT, explain
 from webhook.genesys.model import Attempt
 from webhook.metrics import Metrics
 from webhook.rules import decide
-from webhook.store import BUSY, OLDER, OURS, EventRecord, Store
+from webhook.store import BUSY, OLDER, OURS, EventRecord, EventState, FinalState, Store
 
 logger = logging.getLogger(__name__)
 
-REPLAYABLE = ("received", "applied", "skipped", "no_call", "expired", "failed", "dry_run", "invalid")
+REPLAYABLE: tuple[EventState, ...] = ("received", "applied", "skipped", "no_call", "expired", "failed", "dry_run",
+                                      "invalid")
 # An agent's hold lasts past the holder's deadline by this much (its last request's read timeout ends by then), so
 # that a crashed holder frees the agent on its own; the sweeper's stale claim (> budget + 5 s) comes after it.
 HOLD_MARGIN_SECONDS = 5.0
@@ -35,8 +37,8 @@ class Outcome:
 
     event: int
     action: str | None
-    old_state: str
-    new_state: str
+    old_state: EventState | Literal["missing"]
+    new_state: EventState | Literal["missing", "would act"]
     detail: str
 
 
@@ -45,8 +47,18 @@ class Plan:
     """The decision for an event before Genesys is called: a final state now, or an action to carry out."""
 
     action: str
-    state: str | None
+    state: FinalState | None
     detail: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """How one run of an event ended: the action decided, its final state and detail, and the fields parsed again."""
+
+    action: str | None
+    state: FinalState
+    detail: str
+    fields: dict[str, object] = field(default_factory=dict)
 
 
 def age_verdict(occurred_at: datetime, now: datetime, max_age: float) -> str | None:
@@ -104,7 +116,8 @@ class Processor:
         """Tell whether events are acted on in Genesys (not a dry run)."""
         return self.genesys is not None and not self.settings.genesys.dry_run
 
-    def process(self, event_pk: int, *, states: tuple[str, ...] = ("received",), force: bool = False) -> Outcome:
+    def process(self, event_pk: int, *, states: tuple[EventState, ...] = ("received",),
+                force: bool = False) -> Outcome:
         """Claim the event and carry it to a final state; the outcome says what happened and why."""
         now = self.clock()
         stale = now - timedelta(seconds=self.settings.stale_claim_seconds)
@@ -116,23 +129,23 @@ class Processor:
             return Outcome(event_pk, current.action, current.state, current.state,
                            f"not processed: the event is {current.state} and another worker may hold it")
         try:
-            action, state, detail, fields = self._run(before, now, force)
+            result = self._run(before, now, force)
         except StoreError:
             raise
         except Exception:
             logger.exception("processing failed", extra={"event": event_pk})
-            action, state, detail, fields = None, "failed", "internal error while processing; see the service log", {}
+            result = Result(None, "failed", "internal error while processing; see the service log")
         finished = self.clock()
-        if not self.store.finish(event_pk, state=state, detail=detail, action=action, now=finished, fields=fields,
-                                 claimed_at=now, release_hold=self.live):
+        if not self.store.finish(event_pk, state=result.state, detail=result.detail, action=result.action,
+                                 now=finished, fields=result.fields, claimed_at=now, release_hold=self.live):
             logger.warning("claim lost while processing; another worker finished the event",
-                           extra={"event": event_pk, "state": state})
-            return Outcome(event_pk, action, before.state, "processing", f"claim lost; {detail}")
-        self.metrics.finished.labels(state).inc()
+                           extra={"event": event_pk, "state": result.state})
+            return Outcome(event_pk, result.action, before.state, "processing", f"claim lost; {result.detail}")
+        self.metrics.finished.labels(result.state).inc()
         if before.state == "received":
             self.metrics.latency.observe(max((finished - before.received_at).total_seconds(), 0.0))
-        logger.info("event finished", extra={"event": event_pk, "source": before.source, "state": state})
-        return Outcome(event_pk, action, before.state, state, detail)
+        logger.info("event finished", extra={"event": event_pk, "source": before.source, "state": result.state})
+        return Outcome(event_pk, result.action, before.state, result.state, result.detail)
 
     def preview(self, event_pk: int, *, force: bool = False) -> Outcome:
         """Say what process() would decide, without claiming, calling Genesys or writing anything."""
@@ -143,26 +156,24 @@ class Processor:
         if isinstance(event, InvalidItem):
             return Outcome(event_pk, None, record.state, "invalid", event.reason)
         plan = self._plan(event, record.id, self.clock(), force, write=False)
-        state = plan.state or "would act"
-        return Outcome(event_pk, plan.action, record.state, state, plan.detail)
+        return Outcome(event_pk, plan.action, record.state, plan.state or "would act", plan.detail)
 
-    def _run(self, record: EventRecord, now: datetime,
-             force: bool) -> tuple[str | None, str, str, dict[str, object]]:
+    def _run(self, record: EventRecord, now: datetime, force: bool) -> Result:
         event = self._event(record)
         if isinstance(event, InvalidItem):
-            return None, "invalid", event.reason, {}
+            return Result(None, "invalid", event.reason)
         fields = self._reparsed_fields(record, event)
         deadline = budget_deadline(self.monotonic(), budget=self.settings.retry_budget_seconds,
                                    occurred_at=event.occurred_at, now=now,
                                    max_age=self.settings.max_event_age_seconds, force=force) if self.live else None
         plan = self._plan(event, record.id, now, force, write=True, deadline=deadline)
         if plan.state is not None:
-            return plan.action, plan.state, plan.detail, fields
+            return Result(plan.action, plan.state, plan.detail, fields)
         if deadline is None:
             detail = f"would {plan.detail}; dry run (GENESYS_DRY_RUN=true): no request made"
-            return plan.action, "dry_run", detail, fields
+            return Result(plan.action, "dry_run", detail, fields)
         state, detail = self._act(record.id, event, plan, deadline)
-        return plan.action, state, detail, fields
+        return Result(plan.action, state, detail, fields)
 
     def _event(self, record: EventRecord) -> TicketEvent | InvalidItem:
         """Rebuild the TicketEvent from the stored row; an invalid row is parsed again with today's mapping."""
@@ -213,7 +224,7 @@ class Processor:
                         "retry budget ran out; replay it if it must still be applied")
         return Plan(decision.action, None, target)
 
-    def _out_of_time(self, event: TicketEvent, now: datetime) -> tuple[str, str] | None:
+    def _out_of_time(self, event: TicketEvent, now: datetime) -> tuple[FinalState, str] | None:
         """Return (state, detail) for an event too old to act on, or dated too far ahead; None when it is on time."""
         too_old = age_verdict(event.occurred_at, now, self.settings.max_event_age_seconds)
         if too_old:
@@ -240,7 +251,7 @@ class Processor:
         slot = self.store.agent_slot(agent)
         return OLDER if slot is not None and slot > (event.occurred_at, event_pk) else OURS
 
-    def _act(self, event_pk: int, event: TicketEvent, plan: Plan, deadline: float) -> tuple[str, str]:
+    def _act(self, event_pk: int, event: TicketEvent, plan: Plan, deadline: float) -> tuple[FinalState, str]:
         """Mute or unmute through Genesys as the first identity that can; the state and detail of the result."""
         assert self.genesys is not None
         try:

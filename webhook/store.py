@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     BigInteger,
@@ -51,8 +51,11 @@ from webhook.genesys.model import Connection as UserConnection
 
 logger = logging.getLogger(__name__)
 
-FINAL_STATES = ("applied", "skipped", "no_call", "expired", "failed", "dry_run", "invalid")
-STATES = ("received", "processing", *FINAL_STATES)
+# The states of a stored event (README "States of an event"); every variable that holds one is annotated with these.
+FinalState = Literal["applied", "skipped", "no_call", "expired", "failed", "dry_run", "invalid"]
+EventState = Literal["received", "processing", FinalState]
+FINAL_STATES: tuple[FinalState, ...] = get_args(FinalState)
+STATES: tuple[EventState, ...] = get_args(EventState)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -222,7 +225,7 @@ class NewEvent:
 
     source: str
     event_id: str
-    state: str
+    state: EventState
     detail: str
     received_at: datetime
     raw_body: bytes = field(repr=False)
@@ -245,7 +248,7 @@ class Saved:
     source: str
     event_id: str
     duplicate: bool
-    state: str
+    state: EventState
 
 
 @dataclass(frozen=True)
@@ -255,7 +258,7 @@ class EventRecord:
     id: int
     source: str
     event_id: str
-    state: str
+    state: EventState
     detail: str
     action: str | None
     ticket_id: str | None
@@ -426,7 +429,7 @@ class Store:
     def list(
         self,
         *,
-        state: str | None = None,
+        state: EventState | None = None,
         source: str | None = None,
         since: datetime | None = None,
         limit: int | None = 50,
@@ -484,7 +487,7 @@ class Store:
         return {state: int(count) for state, count in rows}
 
     def claim(
-        self, event_pk: int, *, now: datetime, stale_before: datetime, states: Sequence[str] = ("received",)
+        self, event_pk: int, *, now: datetime, stale_before: datetime, states: Sequence[EventState] = ("received",)
     ) -> EventRecord | None:
         """Move an event in one of `states` (or processing under a claim older than stale_before) to processing;
         when this caller won it, return the event as it was before (its state then), else None."""
@@ -500,7 +503,7 @@ class Store:
                                         "now": now, "claimed_from": CLAIMED_FROM + record.state}).rowcount == 1
         return replace(record, claimed_at=now, updated_at=now, detail="") if won else None
 
-    def finish(self, event_pk: int, *, state: str, detail: str, now: datetime, action: str | None = None,
+    def finish(self, event_pk: int, *, state: FinalState, detail: str, now: datetime, action: str | None = None,
                fields: Mapping[str, Any] | None = None, claimed_at: datetime | None = None,
                release_hold: bool = False) -> bool:
         """Record an event's final state, detail and action (plus re-parsed fields); with claimed_at, only while

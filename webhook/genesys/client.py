@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import requests
 from cachetools import TTLCache
 
+from webhook.clock import utcnow
 from webhook.errors import (
     GenesysAuthError,
     GenesysBudgetError,
@@ -102,11 +103,6 @@ class Actor:
     identity: Identity
     tokens: TokenSource
     own_calls: bool = False
-
-
-def utcnow() -> datetime:
-    """Return the current time as an aware UTC datetime (the default wall clock)."""
-    return datetime.now(UTC)
 
 
 class GenesysClient:

@@ -18,6 +18,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from tests.support.clocks import T0
+
 # Every builder sets its fields through the SDK's generated setters and serialises with the SDK's own
 # sanitize_for_serialization, so the keys are the SDK's attribute_map names (camelCase, as on the wire) and a value
 # outside a field's allowed_values is refused: the SDK itself only swaps such a value for "outdated_sdk_version",
@@ -36,7 +38,6 @@ SDK_VERSION: Final = "269.0.0"
 _ALIAS: Final = "_genesys_sdk"
 _OUTDATED: Final = "outdated_sdk_version"  # what the SDK's setters store for a value outside allowed_values
 NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://crm-mute-bridge.invalid/tests/genesys_models")
-T0: Final = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
 CALLS_URI: Final = "/api/v2/conversations/calls"
 CUSTOMER_NUMBER: Final = "+13175550100"  # 555-01xx: reserved for fiction in the North American numbering plan
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,8 +22,8 @@ from typing import Any, TypeVar
 
 import requests
 
-from tests.conftest import CONFIG, ROOT, SECRETS, free_port
-from tests.fake_genesys import FakeGenesys
+from tests.support.app import CONFIG, ROOT, SECRETS
+from tests.support.fake_genesys import FakeGenesys
 from webhook import signatures
 from webhook.config import Settings
 from webhook.store import FINAL_STATES, EventRecord, Store
@@ -34,6 +35,14 @@ STOP_TIMEOUT = 10.0
 # Variables of the developer's shell that would change what the service under test reads.
 _SCRUBBED = re.compile(r"^(GENESYS_|DATABASE_URL$|WEBHOOK_CONFIG$|PORT$|WEB_CONCURRENCY$|GUNICORN_|FLASK_|LOG_FORMAT$"
                        r"|LOG_LEVEL$|.*_WEBHOOK_SECRET$|PROMETHEUS_MULTIPROC_DIR$)")
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def wait_until(predicate: Callable[[], T | None], timeout: float, *, interval: float = 0.02, message: str = "") -> T:
@@ -48,9 +57,12 @@ def wait_until(predicate: Callable[[], T | None], timeout: float, *, interval: f
         time.sleep(interval)
 
 
-def write_config(path: Path, *, requests_per_minute: float | None = None, **processing: float) -> Path:
-    """Write a copy of the shipped config/webhook.toml with the given [processing] knobs (and [genesys]
-    requests_per_minute) changed; return its path."""
+def write_config(path: Path, *, requests_per_minute: float | None = 0, **processing: float) -> Path:
+    """Write a copy of the shipped config/webhook.toml with the given [processing] knobs changed; return its path.
+
+    [genesys] requests_per_minute is 0 (the service's own request spacing off) unless given: the fake Genesys has
+    no rate limit unless a test sets one, and at the shipped 300 a minute 100 events take 20 s of waiting. A test of
+    the spacing passes the value it tests; None keeps the shipped value."""
     source = Path(CONFIG).read_text(encoding="utf-8")
     if requests_per_minute is not None:
         source, found = re.subn(r"(?m)^requests_per_minute\s*=\s*[0-9.]+",

@@ -38,26 +38,6 @@ PAGE_SIZE = 25
 GRANTS = {"client_credentials", "authorization_code", "refresh_token"}
 
 
-class FakeClock:
-    """A settable clock with a sleep that only moves it forward and records each wait."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        """Record the wait and move the clock on."""
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def advance(self, seconds: float) -> None:
-        """Move the clock on without recording a sleep."""
-        self.now += seconds
-
-
 @dataclass
 class LoggedRequest:
     """One request the fake received, and the status it was answered with."""
