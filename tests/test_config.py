@@ -269,3 +269,18 @@ def test_act_as_sets_the_order_of_the_identities(tmp_path: Path) -> None:
         "[genesys]\n", '[genesys]\nact_as = ["service_user", "agent"]\n', 1)
     settings = load(tmp_path, toml, SECRETS | USER_CLIENT | {"GENESYS_DRY_RUN": "false"})
     assert settings.genesys.identities() == ("service_user", "agent")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("[genesys]\n", '[genesys]\nconfirm = "yes"\n'), "genesys.confirm: must be true or false, got 'yes'"),
+    (("[processing]\n", "[processing]\nmax_mute_seconds = -1\n"), "processing.max_mute_seconds: must be at least 0"),
+    (("[processing]\n", "[processing]\nmax_pause_seconds = 1e9\n"), "processing.max_pause_seconds: must be at most"),
+])
+def test_card_capture_knobs_are_checked(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    toml = Path(CONFIG).read_text(encoding="utf-8").replace(*edit, 1)
+    assert [p for p in problems(tmp_path, toml) if message in p]
+
+
+def test_card_capture_knobs_default_to_off(tmp_path: Path) -> None:
+    settings = Settings.from_env(DRY, config_path=CONFIG)
+    assert (settings.genesys.confirm, settings.max_mute_seconds, settings.max_pause_seconds) == (False, 0.0, 0.0)

@@ -7,7 +7,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ class Genesys:
     public_url: str | None = None  # the service's public base URL; the redirect URI is <public_url>/genesys/callback
     token_keys: tuple[str, ...] = field(default=(), repr=False)  # Fernet keys of tokens at rest; the first encrypts
     act_as: tuple[IdentityKind, ...] | None = None  # None: every configured identity, in IDENTITY_KINDS order
+    confirm: bool = False  # read the call back after a change and end applied only when it shows as asked
 
     def hosts(self) -> tuple[str, str]:
         """Return (API base URL, login base URL), the explicit overrides winning over the region."""
@@ -108,6 +109,8 @@ class Settings:
     worker_queue_size: int = 1000
     sweep_interval_seconds: float = 10.0
     stale_claim_seconds: float = 60.0
+    max_mute_seconds: float = 0.0
+    max_pause_seconds: float = 0.0
     config_path: str = DEFAULT_CONFIG
     keep_days: float = 30.0
     metrics_token: str | None = field(default=None, repr=False)
@@ -176,12 +179,13 @@ class _Loader:
         intake = self.table(doc, "intake", ("max_body_bytes", "trusted_proxies"))
         processing = self.table(doc, "processing", PROCESSING_KEYS)
         retention = self.table(doc, "retention", ("keep_days",))
-        genesys = self.table(doc, "genesys", ("requests_per_minute", "act_as"))
+        genesys = self.table(doc, "genesys", ("requests_per_minute", "act_as", "confirm"))
         settings = Settings(
             sources=self.sources(doc.get("sources", {})),
             rules=self.rules(doc.get("rules", [])),
             agents=self.agents(doc.get("agents", {})),
-            genesys=self.genesys(self.requests_per_minute(genesys), self.act_as(genesys)),
+            genesys=replace(self.genesys(self.requests_per_minute(genesys), self.act_as(genesys)),
+                            confirm=self.flag(genesys, "genesys.confirm", False)),
             database_url=database_url(self.env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             max_body_bytes=self.number(intake, "intake.max_body_bytes", 262144, int, 1024, 16 * 2**20),
             trusted_proxies=self.number(intake, "intake.trusted_proxies", 1, int, 0, 10),
@@ -328,6 +332,13 @@ class _Loader:
             return DEFAULT_REQUESTS_PER_MINUTE
         return value
 
+    def flag(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
+        value = table.get(key.rsplit(".", 1)[-1], default)
+        if not isinstance(value, bool):
+            self.problem(key, f"must be true or false, got {value!r}")
+            return default
+        return value
+
     def act_as(self, table: Mapping[str, Any]) -> tuple[IdentityKind, ...] | None:
         value = table.get("act_as")
         if value is None:
@@ -436,4 +447,6 @@ PROCESSING_KEYS: dict[str, tuple[Any, type, float, float]] = {  # default, kind,
     "worker_queue_size": (1000, int, 1, 1_000_000),
     "sweep_interval_seconds": (10.0, float, 0.1, 3600),
     "stale_claim_seconds": (60.0, float, 1, DAY),
+    "max_mute_seconds": (0.0, float, 0, DAY),  # undo a mute the service applied and nothing undid; 0 = off
+    "max_pause_seconds": (0.0, float, 0, DAY),  # resume a recording the service paused and nothing resumed; 0 = off
 }

@@ -17,7 +17,7 @@ from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, inspe
 from sqlalchemy.engine import Connection
 
 from webhook.clock import utcnow
-from webhook.store import agent_state, attempts, genesys_connections, oauth_states
+from webhook.store import agent_state, attempts, genesys_connections, oauth_states, safety_undos
 from webhook.store import metadata as store_metadata
 
 versions_metadata = MetaData()
@@ -66,11 +66,17 @@ def _user_identities(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _safety_undos(conn: Connection) -> None:
+    """Version 6: safety_undos, the mutes and recording pauses to undo when no newer event has (card capture)."""
+    safety_undos.create(conn, checkfirst=True)
+
+
 # Append new steps here (never edit an applied one); change webhook/store.py's tables in the same commit.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, attempts and per-agent ordering state", _baseline),
     Migration(2, "agent_state: the event acting on an agent now, and until when", _agent_hold),
     Migration(3, "attempts.identity; genesys_connections and oauth_states for acting as a user", _user_identities),
+    Migration(6, "safety_undos: card capture's limits on a mute or a recording pause left on", _safety_undos),
 )
 
 
@@ -93,7 +99,10 @@ def upgrade(conn: Connection, *, now: datetime | None = None) -> list[Migration]
         store_metadata.create_all(conn)  # a new database: today's tables, stamped with every version
         pending, run = list(MIGRATIONS), False
     else:
-        pending, run = [m for m in MIGRATIONS if m.version > done], True
+        # Every step not recorded yet, not only those above the newest: steps written on parallel branches may be
+        # numbered out of the order in which they reach a database.
+        applied = set(conn.execute(select(schema_versions.c.version)).scalars())
+        pending, run = [m for m in MIGRATIONS if m.version not in applied], True
     for step in pending:
         if run:
             step.apply(conn)

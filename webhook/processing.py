@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -14,12 +15,12 @@ from webhook.config import DEFAULT_TOLERANCE, Genesys, Settings
 from webhook.errors import GenesysError, GenesysNoIdentityError, StoreError
 from webhook.events import Envelope, InvalidItem, TicketEvent
 from webhook.genesys.auth import TOKEN_PATH
-from webhook.genesys.client import Applied, GenesysClient
+from webhook.genesys.client import CONFIRM_SECONDS, Applied, GenesysClient
 from webhook.genesys.explain import RULE_FACT, explain
 from webhook.genesys.model import Attempt
 from webhook.metrics import Metrics
-from webhook.rules import decide
-from webhook.store import BUSY, OLDER, OURS, EventRecord, EventState, FinalState, Store
+from webhook.rules import Decision, Recording, decide
+from webhook.store import BUSY, OLDER, OURS, EventRecord, EventState, FinalState, NewEvent, Store, Undo
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ REPLAYABLE: tuple[EventState, ...] = ("received", "applied", "skipped", "no_call
 # that a crashed holder frees the agent on its own; the sweeper's stale claim (> budget + 5 s) comes after it.
 HOLD_MARGIN_SECONDS = 5.0
 AGENT_WAIT_SECONDS = 0.05  # how often an event waiting for another event of the same agent looks again
+SAFETY_SOURCE = "safety"  # the source of the events that undo a mute or a pause left on past its limit
+UNDO_STATUS = {"mute": "safety-unmute", "pause": "safety-resume"}
+RECORDED = {"pause": "paused", "resume": "resumed"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Plan:
     action: str
     state: FinalState | None
     detail: str
+    recording: Recording | None = None  # also pause or resume the call's recording
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,8 @@ class Processor:
         fields = self._reparsed_fields(record, event)
         deadline = budget_deadline(self.monotonic(), budget=self.settings.retry_budget_seconds,
                                    occurred_at=event.occurred_at, now=now,
-                                   max_age=self.settings.max_event_age_seconds, force=force) if self.live else None
+                                   max_age=self.settings.max_event_age_seconds,
+                                   force=force or event.source == SAFETY_SOURCE) if self.live else None
         plan = self._plan(event, record.id, now, force, write=True, deadline=deadline)
         if plan.state is not None:
             return Result(plan.action, plan.state, plan.detail, fields)
@@ -203,26 +209,29 @@ class Processor:
     def _plan(self, event: TicketEvent, event_pk: int, now: datetime, force: bool, *, write: bool,
               deadline: float | None = None) -> Plan:
         """Decide; with write, take the agent's ordering slot (held until finish when deadline is given: live)."""
-        decision = decide(self.settings.rules, event)
-        if decision.action == "none":
+        decision = safety_decision(event) or decide(self.settings.rules, event)
+        if not decision.acts:
             reason = f"{decision.detail} says none" if decision.rule else decision.detail
             return Plan("none", "skipped", f"{reason}: the microphone is left alone")
-        target = f"{decision.action} {event.agent} by {decision.detail}"
+        target = f"{_asked(decision.action, decision.recording, event.agent)} by {decision.detail}"
         if force:
-            return Plan(decision.action, None, f"{target}; forced past the age and ordering guards")
-        refused = self._out_of_time(event, now)
+            return Plan(decision.action, None, f"{target}; forced past the age and ordering guards",
+                        decision.recording)
+        # A safety undo is never too late: whether it still applies is checked on the call itself.
+        refused = None if event.source == SAFETY_SOURCE else self._out_of_time(event, now)
         if refused:
-            return Plan(decision.action, *refused)
+            return Plan(decision.action, *refused, decision.recording)
         agent = event.agent.lower()  # e-mails and UUIDs are case-insensitive: one slot per agent
         slot = self._take_slot(agent, event, event_pk, now, deadline) if write else self._slot(agent, event, event_pk)
         if slot == OLDER:
             return Plan(decision.action, "skipped",
-                        f"a newer event for {event.agent} was already acted on; this older one would undo it")
+                        f"a newer event for {event.agent} was already acted on; this older one would undo it",
+                        decision.recording)
         if slot == BUSY:
             return Plan(decision.action, "failed",
                         f"another event for {event.agent} was still changing the microphone when this event's "
-                        "retry budget ran out; replay it if it must still be applied")
-        return Plan(decision.action, None, target)
+                        "retry budget ran out; replay it if it must still be applied", decision.recording)
+        return Plan(decision.action, None, target, decision.recording)
 
     def _out_of_time(self, event: TicketEvent, now: datetime) -> tuple[FinalState, str] | None:
         """Return (state, detail) for an event too old to act on, or dated too far ahead; None when it is on time."""
@@ -252,19 +261,80 @@ class Processor:
         return OLDER if slot is not None and slot > (event.occurred_at, event_pk) else OURS
 
     def _act(self, event_pk: int, event: TicketEvent, plan: Plan, deadline: float) -> tuple[FinalState, str]:
-        """Mute or unmute through Genesys as the first identity that can; the state and detail of the result."""
-        assert self.genesys is not None
+        """Change the microphone and/or the recording through Genesys as the first identity that can; the state and
+        detail of the result."""
         try:
-            applied = self.genesys.act(event.agent, plan.action == "mute", conversation_id=event.conversation_id,
-                                       deadline=deadline, record=self._recorder(event_pk))
+            return self._change(event_pk, event, plan, deadline, self._recorder(event_pk))
         except GenesysNoIdentityError as exc:
             return "failed", no_identity_detail(exc, self.settings.genesys)
         except GenesysError as exc:
             return "failed", explain(exc)
-        if applied is None:
-            return "no_call", (f"{event.agent} is not on a live voice call (no connected leg of theirs that is not "
-                               f"held or monitoring); nothing to {plan.action}")
-        return "applied", _applied_detail(plan, applied)
+
+    def _change(self, event_pk: int, event: TicketEvent, plan: Plan, deadline: float,
+                record: Callable[[Attempt], None]) -> tuple[FinalState, str]:
+        assert self.genesys is not None
+        genesys = self.genesys
+        muted = {"mute": True, "unmute": False}.get(plan.action)
+        located = None
+        if event.source == SAFETY_SOURCE:  # undo only what the service left, on the call it left it on
+            located = genesys.locate(event.agent, conversation_id=event.conversation_id, deadline=deadline,
+                                     record=record, fresh=True)
+            changed = _no_longer_left(located, muted, event)
+            if changed is None and located is not None and plan.recording is not None:  # still paused?
+                seen = genesys.confirm(located, muted=None, recording="pause", deadline=deadline, record=record,
+                                       seconds=0)
+                changed = f"the recording of call {event.conversation_id} is not paused any more ({seen})" \
+                    if seen else None
+            if changed:
+                return "skipped", f"nothing to undo: {changed}"
+        applied = None
+        if muted is not None:
+            applied = genesys.act(event.agent, muted, conversation_id=event.conversation_id, deadline=deadline,
+                                  record=record)
+            if applied is None:
+                return "no_call", (f"{event.agent} is not on a live voice call (no connected leg of theirs that is "
+                                   f"not held or monitoring); nothing to {plan.action}")
+        detail = _applied_detail(plan, applied) if applied else ""
+        base = applied or located
+        if plan.recording is not None:
+            base = base or genesys.locate(event.agent, conversation_id=event.conversation_id, deadline=deadline,
+                                          record=record)
+            if base is None:
+                return "no_call", f"{event.agent} is not on a live voice call; no recording to {plan.recording}"
+            try:
+                who = genesys.set_recording(base.target, plan.recording, deadline=deadline, record=record)
+            except GenesysError as exc:
+                if applied is None:
+                    raise
+                why = no_identity_detail(exc, self.settings.genesys) if isinstance(exc, GenesysNoIdentityError) \
+                    else explain(exc)
+                return "failed", f"{detail}; but the recording was NOT {RECORDED[plan.recording]}: {why}"
+            recorded = (f"{RECORDED[plan.recording]} the recording of call {base.target.conversation_id} as {who}")
+            detail = f"{detail}; {recorded}" if detail else f"{recorded}; asked: {plan.detail}"
+        assert base is not None
+        if self.settings.genesys.confirm:
+            seen = genesys.confirm(base, muted=muted, recording=plan.recording, deadline=deadline, record=record)
+            if seen:
+                return "failed", (f"Genesys accepted the change but the call, read back for up to "
+                                  f"{CONFIRM_SECONDS:g} s, shows otherwise: {seen}. Done: {detail}")
+            detail += "; confirmed by reading the call back"
+        self._keep_limits(event_pk, event, muted, plan.recording, base)
+        return "applied", detail
+
+    def _keep_limits(self, event_pk: int, event: TicketEvent, muted: bool | None, recording: Recording | None,
+                     base: Applied) -> None:
+        """Remember when to undo a mute or a pause the service just applied; forget it once it is undone."""
+        agent, now = event.agent.lower(), self.clock()
+        for kind, on, limit in (("mute", muted, self.settings.max_mute_seconds),
+                                ("pause", None if recording is None else recording == "pause",
+                                 self.settings.max_pause_seconds)):
+            if on is None or event.source == SAFETY_SOURCE:  # a safety event's undo was taken when it was stored
+                continue
+            if on and limit:
+                self.store.schedule_undo(Undo(agent, kind, event_pk, base.target.conversation_id,
+                                              base.target.participant_id, now + timedelta(seconds=limit)))
+            elif not on:
+                self.store.cancel_undo(agent, kind)
 
     def _recorder(self, event_pk: int) -> Callable[[Attempt], None]:
         def record(attempt: Attempt) -> None:
@@ -278,6 +348,41 @@ class Processor:
 def _needs_parse(record: EventRecord) -> bool:
     """Tell whether a row must be parsed from its raw body: stored invalid, or imported by `replay --file`."""
     return record.state == "invalid" or record.ticket_id is None or record.occurred_at is None
+
+
+def safety_decision(event: TicketEvent) -> Decision | None:
+    """Return what a safety event undoes (its status says), or None for any other event (the rules decide)."""
+    if event.source != SAFETY_SOURCE:
+        return None
+    if event.status == UNDO_STATUS["mute"]:
+        return Decision("unmute", None, "the safety limit ([processing] max_mute_seconds)")
+    return Decision("none", None, "the safety limit ([processing] max_pause_seconds)", "resume")
+
+
+def safety_event(undo: Undo, now: datetime) -> NewEvent:
+    """Return the stored event that undoes a mute or a pause nothing else undid (source "safety")."""
+    body = json.dumps({"undo": undo.kind, "event": undo.event, "agent": undo.agent,
+                       "conversation_id": undo.conversation_id, "due_at": undo.due_at.isoformat()}).encode()
+    return NewEvent(source=SAFETY_SOURCE, event_id=f"undo-{undo.kind}-{undo.event}", state="received", detail="",
+                    received_at=now, raw_body=body, ticket_id=f"event {undo.event}", status=UNDO_STATUS[undo.kind],
+                    agent=undo.agent, conversation_id=undo.conversation_id, occurred_at=undo.due_at)
+
+
+def _no_longer_left(located: Applied | None, muted: bool | None, event: TicketEvent) -> str | None:
+    """Say why a safety undo no longer applies (the agent left the call, someone unmuted them), or None."""
+    if located is None:
+        return f"{event.agent} is no longer on call {event.conversation_id}"
+    if muted is False and located.target.muted is False:
+        return f"{event.agent} is no longer muted on call {event.conversation_id}"
+    return None
+
+
+def _asked(action: str, recording: Recording | None, agent: str) -> str:
+    """Say what an event asks: mute jane, and pause the recording."""
+    parts = [f"{action} {agent}"] if action != "none" else []
+    if recording is not None:
+        parts.append(f"{recording} the recording of {agent}'s call")
+    return " and ".join(parts)
 
 
 def _applied_detail(plan: Plan, applied: Applied) -> str:

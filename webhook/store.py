@@ -165,6 +165,20 @@ oauth_states = Table(
     Column("used_at", UTCDateTime()),
 )
 
+# Card capture's safety limits: a mute or a recording pause the service applied, and when to undo it if no newer
+# event has. One row per agent and kind; an event that undoes it deletes the row, a newer one replaces it. The
+# sweeper turns a row that came due into a stored event of source "safety" (so it survives a restart).
+safety_undos = Table(
+    "safety_undos",
+    metadata,
+    Column("agent", String(512), primary_key=True),
+    Column("kind", String(8), primary_key=True),  # mute | pause
+    Column("event", Id, nullable=False),  # the event that applied it
+    Column("conversation_id", String(512), nullable=False),
+    Column("participant_id", String(512)),
+    Column("due_at", UTCDateTime(), nullable=False, index=True),
+)
+
 agent_state = Table(
     "agent_state",
     metadata,
@@ -284,6 +298,18 @@ class EventRecord:
             "occurred_at": _iso(self.occurred_at), "received_at": _iso(self.received_at),
             "updated_at": _iso(self.updated_at),
         }
+
+
+@dataclass(frozen=True)
+class Undo:
+    """A mute or recording pause the service applied, to be undone at due_at unless a newer event undoes it."""
+
+    agent: str
+    kind: str  # mute | pause
+    event: int
+    conversation_id: str
+    participant_id: str | None
+    due_at: datetime
 
 
 @dataclass(frozen=True)
@@ -742,6 +768,41 @@ class Store:
         with self._tx() as conn:
             return int(conn.execute(select(func.count()).select_from(oauth_states)
                                     .where(oauth_states.c.expires_at > now)).scalar() or 0)
+
+    # -- card capture's safety limits --
+
+    def schedule_undo(self, undo: Undo) -> None:
+        """Remember to undo a mute or a pause at undo.due_at, replacing an earlier one of the agent's of that kind."""
+        with self._tx(atomic=True) as conn:
+            conn.execute(delete(safety_undos).where(safety_undos.c.agent == undo.agent,
+                                                    safety_undos.c.kind == undo.kind))
+            conn.execute(insert(safety_undos).values(**asdict(undo)))
+
+    def cancel_undo(self, agent: str, kind: str) -> None:
+        """Forget the pending undo of an agent's mute or pause (a newer event undid it, or the safety event ran)."""
+        with self._tx() as conn:
+            conn.execute(delete(safety_undos).where(safety_undos.c.agent == agent, safety_undos.c.kind == kind))
+
+    def due_undos(self, *, now: datetime, limit: int = 100) -> builtins.list[Undo]:
+        """Return the pending undos that came due, oldest first."""
+        query = select(safety_undos).where(safety_undos.c.due_at <= now).order_by(safety_undos.c.due_at).limit(limit)
+        with self._tx() as conn:
+            return [Undo(**row) for row in conn.execute(query).mappings()]
+
+    def pending_undos(self) -> builtins.list[Undo]:
+        """Return every pending undo (for tests and the console)."""
+        with self._tx() as conn:
+            return [Undo(**row) for row in conn.execute(select(safety_undos).order_by(safety_undos.c.due_at))
+                    .mappings()]
+
+    def spawn_undo(self, undo: Undo, event: NewEvent) -> Saved | None:
+        """Turn a due undo into its stored safety event, in one transaction; None when another process (or a newer
+        event) took the undo first."""
+        with self._tx(atomic=True) as conn:
+            taken = conn.execute(delete(safety_undos).where(
+                safety_undos.c.agent == undo.agent, safety_undos.c.kind == undo.kind,
+                safety_undos.c.event == undo.event)).rowcount == 1
+            return self._save_one(conn, event) if taken else None
 
     def purge_oauth_states(self, *, before: datetime) -> int:
         """Delete flows and links that expired before a time."""

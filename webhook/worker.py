@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from webhook.errors import StoreError
-from webhook.processing import Processor
+from webhook.processing import Processor, safety_event
 from webhook.store import Store
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,10 @@ class Sweeper:
         now = self.clock()
         ids = self.store.pending(received_before=now - timedelta(seconds=self.interval),
                                  stale_before=now - timedelta(seconds=self.stale_after))
+        # Card capture's safety limits: a mute or a pause nothing undid in time becomes a stored event of its own.
+        spawned = [saved.id for undo in self.store.due_undos(now=now)
+                   if (saved := self.store.spawn_undo(undo, safety_event(undo, now))) is not None]
+        ids += spawned
         if ids:
             logger.info("sweeper resubmits %d event(s)", len(ids))
             self.worker.submit(ids)

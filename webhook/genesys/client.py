@@ -189,12 +189,13 @@ class GenesysClient:
         return Applied(target, actor.identity, actor)
 
     def locate(self, agent: str, *, conversation_id: str | None = None, deadline: float,
-               record: Recorder | None = None) -> Applied | None:
-        """Find the agent's active leg as the first identity that can (no change made); None when on no call."""
+               record: Recorder | None = None, fresh: bool = False) -> Applied | None:
+        """Find the agent's active leg as the first identity that can (no change made); None when on no call. With
+        fresh, the call is read from Genesys even when it is cached (to see its state now)."""
         def find(actor: Actor) -> Target | None:
             user_id = actor.identity.user_id if actor.own_calls and actor.identity.user_id else \
                 self.resolve_user(agent, actor=actor, deadline=deadline, record=record)
-            return self._find(actor, user_id, conversation_id, deadline, record, fresh=False)
+            return self._find(actor, user_id, conversation_id, deadline, record, fresh=fresh)
         actor, target = self._first_identity(agent, find)
         return None if target is None else Applied(target, actor.identity, actor)
 
@@ -209,11 +210,11 @@ class GenesysClient:
         return actor.identity
 
     def confirm(self, applied: Applied, *, muted: bool | None, recording: Recording | None, deadline: float,
-                record: Recorder | None = None) -> str | None:
+                record: Recorder | None = None, seconds: float = CONFIRM_SECONDS) -> str | None:
         """Read the call back until the leg shows the microphone (and the call the recording) as asked, for up to
-        CONFIRM_SECONDS within the deadline; None when it does, else what was seen last."""
+        `seconds` within the deadline (0: one read); None when it does, else what was seen last."""
         target, actor = applied.target, applied.actor or self._default_actor()
-        until = min(deadline, self._clock() + CONFIRM_SECONDS)
+        until = min(deadline, self._clock() + seconds)
         path = f"/api/v2/conversations/calls/{segment(target.conversation_id)}"
         while True:
             call = json_body(self._call("GET", path, actor=actor, deadline=deadline, record=record))
