@@ -56,10 +56,11 @@ def test_db_upgrade_command_is_idempotent(tmp_path: Path) -> None:
     first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert ("database at version 3; applied: 1 (events, attempts and per-agent ordering state), "
+    assert ("database at version 5; applied: 1 (events, attempts and per-agent ordering state), "
             "2 (agent_state: the event acting on an agent now, and until when), "
-            "3 (attempts.identity; genesys_connections and oauth_states for acting as a user)") in first.stdout
-    assert second.returncode == 0 and "database already at version 3; nothing to do" in second.stdout
+            "3 (attempts.identity; genesys_connections and oauth_states for acting as a user), "
+            "5 (the console: events.started_at, audit, and indexes of the event filters)") in first.stdout
+    assert second.returncode == 0 and "database already at version 5; nothing to do" in second.stdout
 
 
 def test_a_version_1_database_gets_the_agent_hold_and_keeps_its_rows(empty_store: Store) -> None:
@@ -74,7 +75,7 @@ def test_a_version_1_database_gets_the_agent_hold_and_keeps_its_rows(empty_store
         conn.execute(schema_versions.insert().values(version=1, description="baseline", applied_at=t0))
     with empty_store.transaction() as conn:
         applied = upgrade(conn)
-        assert [m.version for m in applied] == [2, 3]
+        assert [m.version for m in applied] == [2, 3, 5]
         assert {"holder", "held_until"} <= {c["name"] for c in inspect(conn).get_columns("agent_state")}
     assert empty_store.agent_slot("jane@example.com") == (t0, 7)
     assert empty_store.advance_agent("jane@example.com", occurred_at=t0, event_pk=8, now=t0,
@@ -100,7 +101,7 @@ def test_a_version_2_database_gets_the_attempt_identity_and_the_connection_table
     with empty_store.transaction() as conn:
         assert not new_tables & set(inspect(conn).get_table_names())
         applied = upgrade(conn)
-        assert [m.version for m in applied] == [3]
+        assert [m.version for m in applied] == [3, 5]
         assert "identity" in {c["name"] for c in inspect(conn).get_columns("attempts")}
         assert new_tables <= set(inspect(conn).get_table_names())
     [kept] = empty_store.attempts(7)
@@ -136,3 +137,32 @@ def test_db_upgrade_reports_an_unreachable_database_without_its_password(tmp_pat
     assert result.returncode == 1
     assert "cannot migrate the database: OperationalError; check DATABASE_URL" in result.stderr
     assert "hunter2" not in result.stdout + result.stderr
+
+
+CONSOLE_INDEXES = {"ix_events_state_id", "ix_events_source_id", "ix_events_agent_id", "ix_events_ticket_id"}
+
+
+def test_a_version_3_database_gets_the_console_audit_started_at_and_indexes(empty_store: Store) -> None:
+    t0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    with empty_store.engine.begin() as conn:  # the schema as version 3 left it
+        metadata.create_all(conn)
+        conn.execute(text("DROP TABLE audit"))
+        for index in CONSOLE_INDEXES:
+            conn.execute(text(f"DROP INDEX {index}"))
+        conn.execute(text("ALTER TABLE events DROP COLUMN started_at"))
+        conn.execute(text("INSERT INTO events (id, source, event_id, state, detail, received_at, updated_at, raw_body, "
+                          "headers) VALUES (7, 'helpdesk', 'evt_7', 'applied', 'muted', :t, :t, :b, '{}')"),
+                     {"t": t0, "b": b"{}"})
+        versions_metadata.create_all(conn)
+        for version in (1, 2, 3):
+            conn.execute(schema_versions.insert().values(version=version, description="old", applied_at=t0))
+    with empty_store.transaction() as conn:
+        applied = upgrade(conn)
+        assert [m.version for m in applied] == [5]
+        assert "started_at" in {c["name"] for c in inspect(conn).get_columns("events")}
+        assert CONSOLE_INDEXES <= {i["name"] for i in inspect(conn).get_indexes("events")}
+        assert "audit" in inspect(conn).get_table_names()
+    kept = empty_store.get(7)
+    assert kept is not None and (kept.event_id, kept.state, kept.started_at) == ("evt_7", "applied", None)
+    with empty_store.transaction() as conn:
+        assert upgrade(conn) == []

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, inspect, select, text
 from sqlalchemy.engine import Connection
 
-from webhook.store import agent_state, attempts, genesys_connections, oauth_states
+from webhook.store import agent_state, attempts, audit, events, genesys_connections, oauth_states
 from webhook.store import metadata as store_metadata
 
 versions_metadata = MetaData()
@@ -65,11 +65,27 @@ def _user_identities(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _console(conn: Connection) -> None:
+    """Version 5: events.started_at (the claim of the run that finished an event), the console's audit table, and
+    the indexes of its event filters (each newest first)."""
+    if "started_at" not in {c["name"] for c in inspect(conn).get_columns("events")}:
+        kind = events.c.started_at.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE events ADD COLUMN started_at {kind}"))
+    audit.create(conn, checkfirst=True)
+    for index in events.indexes:
+        if index.name in CONSOLE_INDEXES:
+            index.create(conn, checkfirst=True)
+
+
+CONSOLE_INDEXES = ("ix_events_state_id", "ix_events_source_id", "ix_events_agent_id", "ix_events_ticket_id")
+
+
 # Append new steps here (never edit an applied one); change webhook/store.py's tables in the same commit.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, attempts and per-agent ordering state", _baseline),
     Migration(2, "agent_state: the event acting on an agent now, and until when", _agent_hold),
     Migration(3, "attempts.identity; genesys_connections and oauth_states for acting as a user", _user_identities),
+    Migration(5, "the console: events.started_at, audit, and indexes of the event filters", _console),
 )
 
 
