@@ -22,7 +22,7 @@ def create_app(
     background: bool = True,
 ) -> Flask:
     """Build the app: settings from the environment unless given; store, Genesys client, worker, views, commands."""
-    from webhook import cli, logs, views
+    from webhook import cli, console, logs, views
     from webhook.app_state import AppState, genesys_client, user_connections
     from webhook.genesys.client import GenesysClient
     from webhook.metrics import Metrics
@@ -56,6 +56,7 @@ def create_app(
     logs.init_app(app)
     views.init_app(app)
     cli.init_app(app)
+    console.init_app(app, settings)
 
     @app.before_request
     def _start_background() -> None:
