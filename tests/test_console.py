@@ -338,8 +338,8 @@ def test_event_detail_shows_fields_rule_timeline_body_and_headers(operator: Flas
     assert "jane.agent@example.com" in page and "48213" in page and "payment_in_progress" in page
     rows = re.findall(r"<tr[^>]*>\s*<td class=\"nowrap\">([^<]+)</td>\s*<td>(.*?)</td>", page, re.S)
     steps = [(when, re.sub(r"<[^>]+>", "", step).strip()) for when, step in rows]
-    assert steps == [("2026-11-23 10:00:00Z", "received"), ("2026-11-23 10:00:00Z", "claimed"),
-                     ("2026-11-23 10:00:00Z", "dry_run"), ("2026-11-23 10:00:01Z", "Genesys")]
+    assert steps == [("2026-11-23 10:00:00.000Z", "received"), ("2026-11-23 10:00:00.000Z", "claimed"),
+                     ("2026-11-23 10:00:00.000Z", "dry_run"), ("2026-11-23 10:00:01.000Z", "Genesys")]
     assert "PATCH /api/v2/conversations/calls/c1/participants/p1" in page
     assert "corr-123" in page and "agent:50fcd33c" in page and "<td>42</td>" in page
     assert '  &#34;ticket&#34;: {\n    &#34;id&#34;: &#34;48213&#34;' in page  # pretty-printed

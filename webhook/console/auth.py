@@ -180,6 +180,7 @@ def login_genesys() -> Response | tuple[str, int]:
         started = oauth_flow.start(state.store, state.users, link=None, now=state.clock(), login=True)
     except StoreError:
         return _login_again("The service's database is not answering; try again shortly.", 503)
+    session["after_login"] = _local_next(request.form.get("next"))  # where to go once Genesys sends the user back
     response = redirect(started.authorize_url, 303)
     response.set_cookie(oauth_flow.COOKIE, started.cookie, max_age=int(oauth_flow.FLOW_SECONDS), httponly=True,
                         secure=(state.settings.genesys.public_url or "").startswith("https://"), samesite="Lax",
@@ -199,7 +200,7 @@ def genesys_login_finished(me: Me) -> Response:
                    f"{me.user_id}). Only the users listed in [console] operators of the service's configuration may "
                    "enter: ask its administrator to add your e-mail or user id. No connection was made.")
         return Response(body, status=403, mimetype="text/html", headers={"Cache-Control": "no-store"})
-    return _enter(me.email or me.user_id, None)
+    return _enter(me.email or me.user_id, session.get("after_login"))
 
 
 @bp.post("/logout")

@@ -72,6 +72,12 @@ def _visible_filter(value: Any) -> str:
     return visible(value)
 
 
+@bp.app_template_filter("instant")
+def _instant_filter(value: datetime | None) -> str:
+    """A time to the millisecond (the timeline's steps are often within one second)."""
+    return "-" if value is None else value.isoformat(sep=" ", timespec="milliseconds").replace("+00:00", "Z")
+
+
 @bp.app_template_filter("ago")
 def _ago_filter(value: datetime | None) -> str:
     if value is None:
