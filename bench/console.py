@@ -35,6 +35,7 @@ from sqlalchemy import insert  # noqa: E402
 from tests.conftest import Clock, make_settings, scratch_postgres  # noqa: E402
 from webhook import create_app  # noqa: E402
 from webhook.config import Console, database_url  # noqa: E402
+from webhook.console.chart import percentile  # noqa: E402
 from webhook.migrations import upgrade  # noqa: E402
 from webhook.store import Store, events  # noqa: E402
 
@@ -134,9 +135,7 @@ def measure(url: str, repeats: int) -> list[tuple[str, float, float, float, int]
                 times.append((time.perf_counter() - started) * 1000)
                 assert answer.status_code == 200, (path, answer.status_code)
             shown = answer.get_data(as_text=True).count('aria-label="select event')
-            times.sort()
-            p95 = times[max(int(round(0.95 * len(times))) - 1, 0)]
-            results.append((label, times[len(times) // 2], p95, times[-1], shown))
+            results.append((label, percentile(times, 50), percentile(times, 95), max(times), shown))
     finally:
         app.extensions["webhook"].store.close()
     return results
