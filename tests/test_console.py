@@ -232,6 +232,15 @@ def test_the_session_ends_after_the_idle_time(operator: FlaskClient, clock: Cloc
     assert operator.get("/console/events").status_code == 303  # the session is gone, not only refused once
 
 
+def test_the_session_ends_twelve_hours_after_login_however_busy(operator: FlaskClient, clock: Clock) -> None:
+    for _ in range(24):
+        clock.advance(29 * 60)
+        assert operator.get("/console/events").status_code == 200
+    clock.advance(25 * 60)  # 12 h 1 min after the login, 25 minutes after the last request
+    answer = operator.get("/console/events")
+    assert (answer.status_code, answer.headers["Location"]) == (303, "/console/login?expired=1")
+
+
 def test_logout_ends_the_session(operator: FlaskClient) -> None:
     token = csrf(operator, "/console/events")
     assert operator.post("/console/logout", data={"csrf_token": token}).headers["Location"] == "/console/login"

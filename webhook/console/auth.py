@@ -32,6 +32,7 @@ OPEN_ENDPOINTS = frozenset({"console.login", "console.login_password", "console.
 FREE_FAILURES = 3  # wrong passwords from one address before each further attempt must wait
 MAX_WAIT_SECONDS = 300.0
 MAX_NAME_CHARS = 64
+MAX_SESSION_SECONDS = 12 * 3600.0  # a session ends this long after its login, however busy (a copied cookie too)
 
 
 class Throttle:
@@ -100,7 +101,8 @@ def guard() -> Response | None:
     if not session.get("operator"):
         return redirect(url_for("console.login", next=_local_next(request.full_path)), 303)
     moment = now().timestamp()
-    if moment - float(session.get("seen", 0.0)) > get_state().settings.console.idle_seconds:
+    idle = moment - float(session.get("seen", 0.0)) > get_state().settings.console.idle_seconds
+    if idle or moment - float(session.get("since", 0.0)) > MAX_SESSION_SECONDS:
         session.clear()
         return redirect(url_for("console.login", expired=1), 303)
     session["seen"] = moment
@@ -215,7 +217,7 @@ def _enter(who: str, next_url: str | None) -> Response:
     session.clear()  # a new session (and CSRF token) for whoever logs in
     session.permanent = True
     session["operator"] = who
-    session["seen"] = state.clock().timestamp()
+    session["seen"] = session["since"] = state.clock().timestamp()
     state.store.add_audit([AuditEntry(at=state.clock(), operator=who, action="login", target="console",
                                       detail="logged in")])
     logger.info("console: operator logged in")
