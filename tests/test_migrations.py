@@ -149,3 +149,32 @@ def test_a_step_numbered_below_the_newest_applied_one_is_still_applied(db_url: s
             assert [m.version for m in upgrade(conn)] == []
     finally:
         store.close()
+
+
+CONSOLE_INDEXES = {"ix_events_state_id", "ix_events_source_id", "ix_events_agent_id", "ix_events_ticket_id"}
+
+
+def test_a_version_3_database_gets_the_console_audit_started_at_and_indexes(empty_store: Store) -> None:
+    t0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    with empty_store.engine.begin() as conn:  # the schema as version 3 left it
+        metadata.create_all(conn)
+        conn.execute(text("DROP TABLE audit"))
+        for index in CONSOLE_INDEXES:
+            conn.execute(text(f"DROP INDEX {index}"))
+        conn.execute(text("ALTER TABLE events DROP COLUMN started_at"))
+        conn.execute(text("INSERT INTO events (id, source, event_id, state, detail, received_at, updated_at, raw_body, "
+                          "headers) VALUES (7, 'helpdesk', 'evt_7', 'applied', 'muted', :t, :t, :b, '{}')"),
+                     {"t": t0, "b": b"{}"})
+        versions_metadata.create_all(conn)
+        for version in (1, 2, 3):
+            conn.execute(schema_versions.insert().values(version=version, description="old", applied_at=t0))
+    with empty_store.transaction() as conn:
+        applied = upgrade(conn)
+        assert [m.version for m in applied] == [m.version for m in MIGRATIONS if m.version >= 5]
+        assert "started_at" in {c["name"] for c in inspect(conn).get_columns("events")}
+        assert {i["name"] for i in inspect(conn).get_indexes("events")} >= CONSOLE_INDEXES
+        assert "audit" in inspect(conn).get_table_names()
+    kept = empty_store.get(7)
+    assert kept is not None and (kept.event_id, kept.state, kept.started_at) == ("evt_7", "applied", None)
+    with empty_store.transaction() as conn:
+        assert upgrade(conn) == []

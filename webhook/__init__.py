@@ -23,7 +23,7 @@ def create_app(
 ) -> Flask:
     """Build the app: settings from the environment unless given; store, Genesys client, worker, views, commands.
     Logs go to log_stream (default stdout; webhook.startup passes stderr under `flask`, whose stdout is output)."""
-    from webhook import cli, logs, views
+    from webhook import cli, console, logs, views
     from webhook.app_state import AppState, genesys_client, user_connections
     from webhook.genesys.client import GenesysClient
     from webhook.metrics import Metrics
@@ -55,6 +55,7 @@ def create_app(
     logs.init_app(app)
     views.init_app(app)
     cli.init_app(app)
+    console.init_app(app, settings)
 
     @app.before_request
     def _start_background() -> None:

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import re
+import secrets
 import sys
 import time
 import uuid
@@ -21,6 +22,7 @@ from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
 from webhook import oauth_flow, signatures
+from webhook import replay as replaying
 from webhook.app_state import AppState, genesys_client, get_state
 from webhook.config import Settings, secret_variable, source_schemes
 from webhook.crypto import generate_key
@@ -107,8 +109,8 @@ def init_command(env_file: str, example: str) -> None:
 
 
 def fresh_env(example: str, schemes: dict[str, str]) -> str:
-    """Fill .env.example's empty webhook secrets with fresh ones in each scheme's form, and the token encryption key;
-    dry-run Genesys."""
+    """Fill .env.example's empty webhook secrets with fresh ones in each scheme's form, the token encryption key and
+    the console's session key; dry-run Genesys."""
     wanted = {secret_variable(name): scheme for name, scheme in schemes.items()}
     lines = []
     for original in example.splitlines():
@@ -122,6 +124,8 @@ def fresh_env(example: str, schemes: dict[str, str]) -> str:
                 line = "GENESYS_DRY_RUN=true"
             elif name == "TOKEN_ENCRYPTION_KEY" and not value.strip():
                 line = f"TOKEN_ENCRYPTION_KEY={generate_key()}"
+            elif name == "SECRET_KEY" and not value.strip():
+                line = f"SECRET_KEY={secrets.token_urlsafe(48)}"
         lines.append(line)
     for name, scheme in wanted.items():  # sources the example does not list yet
         lines.append(f"{name}={signatures.generate_secret(scheme or 'hmac-sha256')}")
@@ -355,12 +359,10 @@ def replay_command(ids: tuple[int, ...], state: EventState | None, source: str |
     if not (ids or state or source or since or file):
         raise click.UsageError("name the events: IDs, --state, --source, --since or --file")
     targets, problems = _replay_targets(app, ids, state, source, since, file, dry_run)
-    outcomes = [app.processor.preview(pk, force=force) if dry_run
-                else app.processor.process(pk, states=REPLAYABLE, force=force) for pk in targets]
-    click.echo(table(["event", "action", "old state", "new state", "detail"],
-                     [(o.event, o.action, o.old_state, o.new_state, o.detail) for o in outcomes]
+    outcomes = replaying.replay(app.processor, targets, dry_run=dry_run, force=force)
+    click.echo(table(replaying.COLUMNS, [replaying.row(o) for o in outcomes]
                      + [(where, None, "-", "unreadable", why) for where, why in problems]))
-    bad = [o for o in outcomes if o.new_state in ("failed", "invalid", "missing")]
+    bad = replaying.failed(outcomes)
     click.echo(f"{len(outcomes)} replayed{' (dry run)' if dry_run else ''}, {len(bad)} failed, "
                f"{len(problems)} unreadable line(s)")
     if bad or problems:
@@ -575,6 +577,32 @@ def genesys_rotate_keys() -> None:
     click.echo(f"encrypted the tokens of {count} connection(s) with the first key; the other keys may now be removed")
 
 
+# ---------------------------------------------------------------- audit
+
+
+audit_cli = AppGroup("audit", help="What operators did in the console.")
+
+
+@audit_cli.command("list")
+@click.option("--event", "event", type=int, help="Only the lines of this event id.")
+@click.option("--limit", default=50, show_default=True, help="0 means all.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+def audit_list(event: int | None, limit: int, as_json: bool) -> None:
+    """List the console's audit log, newest first: replays, forced replays, disconnections, service-user links."""
+    lines = get_state().store.audit_lines(event=event, limit=limit or None)
+    if as_json:
+        click.echo(json.dumps([{"id": a.id, "at": a.at.isoformat().replace("+00:00", "Z"), "operator": a.operator,
+                                "action": a.action, "event": a.event, "target": a.target, "detail": a.detail}
+                               for a in lines], indent=2))
+        return
+    if not lines:
+        click.echo("no audit lines yet: the console records replays, disconnections and service-user links")
+        return
+    click.echo(table(["at", "operator", "action", "event", "target", "detail"],
+                     [(a.at, escape(a.operator), a.action, a.event, escape(a.target), escape(a.detail))
+                      for a in lines], {4: 40, 5: 80}))
+
+
 def _users(app: AppState) -> UserConnections:
     if app.users is None:
         raise click.ClickException("acting as a user is not set up: set GENESYS_USER_CLIENT_ID, "
@@ -586,7 +614,7 @@ def _users(app: AppState) -> UserConnections:
 def init_app(app: Flask) -> None:
     """Register every command on the app."""
     for command in (init_command, send_command, events_cli, rules_cli, replay_command, agent_cli, genesys_cli,
-                    db_cli):
+                    db_cli, audit_cli):
         app.cli.add_command(store_errors_named(command))
 
 

@@ -26,13 +26,15 @@ DAY = 86400.0
 DEFAULT_TOLERANCE = 300.0  # seconds of clock skew allowed between a sender and this service, both ways
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
-TOP_KEYS = ("sources", "rules", "agents", "intake", "processing", "genesys", "retention")
+TOP_KEYS = ("sources", "rules", "agents", "intake", "processing", "genesys", "retention", "console")
 SOURCE_KEYS = ("scheme", "mapping", "tolerance_seconds", "header")
 CLAIM_MARGIN_SECONDS = 5.0  # the store writes around the Genesys calls, which the deadline bounds
 CONNECT_PATH = "/genesys/connect"
 CALLBACK_PATH = "/genesys/callback"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+CONSOLE_KEYS = ("operators", "idle_minutes")
+MIN_SECRET_KEY_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,24 @@ class Genesys:
 
 
 @dataclass(frozen=True)
+class Console:
+    """The operators' console: who may enter (Genesys users, or the shared password), the session key, idle time."""
+
+    operators: tuple[str, ...] = ()  # Genesys user ids and e-mails, lower-cased
+    password: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    idle_seconds: float = 1800.0
+
+    def enabled(self, genesys: Genesys) -> bool:
+        """Tell whether anyone can log in: listed operators with the user client, or the password."""
+        return bool(self.password) or self.genesys_login(genesys)
+
+    def genesys_login(self, genesys: Genesys) -> bool:
+        """Tell whether operators can log in with Genesys (operators listed and the user client configured)."""
+        return bool(self.operators) and genesys.users_configured and bool(genesys.token_keys)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs, validated; tests build one directly."""
 
@@ -116,6 +136,7 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     log_format: str = "plain"
     log_level: str = "INFO"
+    console: Console = field(default_factory=Console)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, config_path: str | None = None) -> Settings:
@@ -180,6 +201,7 @@ class _Loader:
         processing = self.table(doc, "processing", PROCESSING_KEYS)
         retention = self.table(doc, "retention", ("keep_days",))
         genesys = self.table(doc, "genesys", ("requests_per_minute", "act_as", "confirm"))
+        console = self.table(doc, "console", CONSOLE_KEYS)
         settings = Settings(
             sources=self.sources(doc.get("sources", {})),
             rules=self.rules(doc.get("rules", [])),
@@ -197,6 +219,7 @@ class _Loader:
             log_format=self.choice("LOG_FORMAT", ("plain", "json"), "plain"),
             log_level=self.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         )
+        settings = replace(settings, console=self.console(console, settings.genesys))
         if settings.stale_claim_seconds <= settings.retry_budget_seconds + CLAIM_MARGIN_SECONDS:
             self.problem("processing.stale_claim_seconds",
                          f"must be more than retry_budget_seconds + {CLAIM_MARGIN_SECONDS:g} "
@@ -406,6 +429,33 @@ class _Loader:
                              "or GENESYS_DRY_RUN=true")
         return result
 
+
+    def console(self, table: Mapping[str, Any], genesys: Genesys) -> Console:
+        """Read [console] and CONSOLE_PASSWORD / SECRET_KEY; a console anyone can enter needs a session key."""
+        value = table.get("operators", [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            self.problem("console.operators", "must be a list of Genesys user ids or e-mails, e.g. "
+                         '["jane.agent@example.com", "50fcd33c-..."]')
+            value = []
+        idle = self.number(table, "console.idle_minutes", 30.0, float, 1, 7 * 24 * 60)
+        console = Console(operators=tuple(v.strip().lower() for v in value),
+                          password=self.env.get("CONSOLE_PASSWORD", "") or None,
+                          secret_key=self.env.get("SECRET_KEY", "").strip() or None, idle_seconds=idle * 60)
+        if console.operators and not genesys.users_configured:
+            self.problem("console.operators", "operators log in with Genesys through the authorization-code client: "
+                         "set GENESYS_USER_CLIENT_ID and _SECRET (README: \"Acting as a user\"), or set "
+                         "CONSOLE_PASSWORD and remove the operators")
+        if console.password is not None and len(console.password) < 12:
+            self.env_problem("CONSOLE_PASSWORD", "shorter than 12 characters; choose a longer one (it guards replays "
+                             "and disconnections)")
+        if console.enabled(genesys) and (console.secret_key or "") == "":
+            self.env_problem("SECRET_KEY", "unset; the console's sessions are signed with it: `flask --app wsgi "
+                             "init` writes one into a new .env, or set one of at least 32 random characters "
+                             "(python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+        elif console.secret_key is not None and len(console.secret_key) < MIN_SECRET_KEY_CHARS:
+            self.env_problem("SECRET_KEY", f"shorter than {MIN_SECRET_KEY_CHARS} characters; use a long random value "
+                             "(python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+        return console
 
     def token_keys(self) -> tuple[str, ...]:
         try:

@@ -17,7 +17,7 @@ from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, inspe
 from sqlalchemy.engine import Connection
 
 from webhook.clock import utcnow
-from webhook.store import agent_state, attempts, genesys_connections, oauth_states, safety_undos
+from webhook.store import agent_state, attempts, audit, events, genesys_connections, oauth_states, safety_undos
 from webhook.store import metadata as store_metadata
 
 versions_metadata = MetaData()
@@ -66,6 +66,21 @@ def _user_identities(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _console(conn: Connection) -> None:
+    """Version 5: events.started_at (the claim of the run that finished an event), the console's audit table, and
+    the indexes of its event filters (each newest first)."""
+    if "started_at" not in {c["name"] for c in inspect(conn).get_columns("events")}:
+        kind = events.c.started_at.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE events ADD COLUMN started_at {kind}"))
+    audit.create(conn, checkfirst=True)
+    for index in events.indexes:
+        if index.name in CONSOLE_INDEXES:
+            index.create(conn, checkfirst=True)
+
+
+CONSOLE_INDEXES = ("ix_events_state_id", "ix_events_source_id", "ix_events_agent_id", "ix_events_ticket_id")
+
+
 def _safety_undos(conn: Connection) -> None:
     """Version 6: safety_undos, the mutes and recording pauses to undo when no newer event has (card capture)."""
     safety_undos.create(conn, checkfirst=True)
@@ -76,6 +91,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, attempts and per-agent ordering state", _baseline),
     Migration(2, "agent_state: the event acting on an agent now, and until when", _agent_hold),
     Migration(3, "attempts.identity; genesys_connections and oauth_states for acting as a user", _user_identities),
+    Migration(5, "the console: events.started_at, audit, and indexes of the event filters", _console),
     Migration(6, "safety_undos: card capture's limits on a mute or a recording pause left on", _safety_undos),
 )
 

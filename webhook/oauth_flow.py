@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from webhook.crypto import TokenCipherError
 from webhook.errors import GenesysError, WebhookError
-from webhook.genesys.auth import UserConnections, pkce_pair
+from webhook.genesys.auth import Me, UserConnections, pkce_pair
 from webhook.genesys.model import Connection, ConnectionKind
 from webhook.store import OAuthState, Store
 
@@ -51,15 +51,16 @@ def new_service_user_link(store: Store, *, now: datetime) -> str:
     return token
 
 
-def start(store: Store, users: UserConnections, *, link: str | None, now: datetime) -> Started:
-    """Begin a flow: an agent's, or the service user's when a valid one-time link is given."""
+def start(store: Store, users: UserConnections, *, link: str | None, now: datetime, login: bool = False) -> Started:
+    """Begin a flow: an agent's, the service user's when a valid one-time link is given, or (login) an operator's
+    console login, which stores no connection."""
     # Anyone may open the connect page: flows expired an hour ago are deleted as new ones start, so the table holds
     # at most 70 minutes of them (a late callback within the hour is still told "expired", not "unknown").
     store.purge_oauth_states(before=now - timedelta(seconds=KEEP_EXPIRED_SECONDS))
     if store.oauth_states_in_progress(now=now) >= MAX_FLOWS:
         raise FlowError("Too many sign-ins are in progress",
                         f"more than {MAX_FLOWS} were started in the last 10 minutes. Try again in a few minutes.")
-    purpose, link_key = "agent", None
+    purpose, link_key = ("login" if login else "agent"), None
     if link is not None:
         row = store.oauth_state(secret_key(link))
         # Spent here, at once: two browsers opening one link cannot both go on (a failed sign-in needs a new link).
@@ -76,8 +77,9 @@ def start(store: Store, users: UserConnections, *, link: str | None, now: dateti
 
 
 def finish(store: Store, users: UserConnections, *, state: str | None, code: str | None, error: str | None,
-           error_description: str | None, cookie: str | None, now: datetime, deadline: float) -> Connection:
-    """Finish a flow from the callback's query and cookie: check everything, exchange the code, store the user."""
+           error_description: str | None, cookie: str | None, now: datetime, deadline: float) -> Connection | Me:
+    """Finish a flow from the callback's query and cookie: check everything, exchange the code, store the user; a
+    console login only says who signed in (Me), its tokens deleted at Genesys and never stored."""
     row = _live_state(store, state, now)
     if not cookie or not hmac.compare_digest(secret_key(cookie), row.browser or ""):
         raise FlowError("This browser did not start the connection",
@@ -97,6 +99,12 @@ def finish(store: Store, users: UserConnections, *, state: str | None, code: str
     except TokenCipherError as exc:
         raise FlowError("This sign-in cannot be finished",
                         "its data was encrypted with a key the service no longer has. Start again.") from exc
+    if row.purpose == "login":
+        try:
+            return users.identify(code, verifier, deadline=deadline)
+        except GenesysError as exc:
+            raise FlowError("Genesys refused the sign-in",
+                            f"{exc}. Nobody was logged in. Open the console's login page and try again.") from exc
     try:
         return users.connect(code, verifier, kind=_kind(row.purpose), deadline=deadline)
     except GenesysError as exc:
@@ -110,7 +118,7 @@ def _live_state(store: Store, state: str | None, now: datetime) -> OAuthState:
     if not state:
         raise FlowError("The callback carries no state", "open the connect page again to start over.")
     row = store.oauth_state(secret_key(state))
-    if row is None or row.purpose not in ("agent", "service_user"):
+    if row is None or row.purpose not in ("agent", "service_user", "login"):
         raise FlowError("Unknown sign-in", "this callback does not belong to a connection started here. Start again.")
     if row.used_at is not None:
         raise FlowError("This sign-in was already used", "each sign-in works once. Start again.")

@@ -98,6 +98,7 @@ events = Table(
     Column("received_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("claimed_at", UTCDateTime()),
+    Column("started_at", UTCDateTime()),  # when the run that finished the event claimed it (the console's timeline)
     Column("signed_at", UTCDateTime()),
     Column("message_id", String(512)),
     Column("raw_body", LargeBinary, nullable=False),
@@ -105,6 +106,11 @@ events = Table(
     UniqueConstraint("source", "event_id", name="uq_events_source_event_id"),
     Index("ix_events_state_received", "state", "received_at"),
     Index("ix_events_received", "received_at"),
+    # The console's filters, each newest first (migration 5).
+    Index("ix_events_state_id", "state", "id"),
+    Index("ix_events_source_id", "source", "id"),
+    Index("ix_events_agent_id", "agent", "id"),
+    Index("ix_events_ticket_id", "ticket_id", "id"),
     # Row ids order ties between events and name events in `replay ID`: SQLite must never hand one out twice.
     sqlite_autoincrement=True,
 )
@@ -156,7 +162,7 @@ oauth_states = Table(
     "oauth_states",
     metadata,
     Column("key", String(64), primary_key=True),
-    Column("purpose", String(16), nullable=False),  # agent | service_user | link
+    Column("purpose", String(16), nullable=False),  # agent | service_user | link | login (the console)
     Column("browser", String(64)),  # SHA-256 hex of the cookie that binds the flow to one browser
     Column("verifier", Text),
     Column("link", String(64)),  # a service-user flow: the key of the link that started it
@@ -177,6 +183,22 @@ safety_undos = Table(
     Column("conversation_id", String(512), nullable=False),
     Column("participant_id", String(512)),
     Column("due_at", UTCDateTime(), nullable=False, index=True),
+)
+
+# What operators did in the console (replays, disconnections, service-user links, logins): who, when, what it
+# touched. No foreign key to events: an audit line outlives the purge of the event it names.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("operator", String(320), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("event", Id),
+    Column("target", String(512), nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_audit_event", "event", "id"),
+    sqlite_autoincrement=True,
 )
 
 agent_state = Table(
@@ -212,7 +234,8 @@ _FINISH_CLAIMED = update(events).where(
     events.c.id == bindparam("pk"), events.c.state == "processing",
     events.c.claimed_at == bindparam("claimed", type_=UTCDateTime()),
 ).values(state=bindparam("new_state"), detail=bindparam("new_detail"), action=bindparam("new_action"),
-         updated_at=bindparam("now", type_=UTCDateTime()), claimed_at=None)
+         updated_at=bindparam("now", type_=UTCDateTime()), claimed_at=None,
+         started_at=bindparam("claimed", type_=UTCDateTime()))
 # Take an agent's slot in one statement (the same text on SQLite and PostgreSQL): a new agent gets a row; a known
 # one moves only to a newer (occurred_at, event) and only when no other event holds it (or its hold ran out).
 _ADVANCE = text(
@@ -288,6 +311,7 @@ class EventRecord:
     message_id: str | None
     raw_body: bytes = field(repr=False)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    started_at: datetime | None = None
 
     def summary(self) -> dict[str, Any]:
         """Return the JSON-ready fields shown by `events list --json` (no body)."""
@@ -417,6 +441,7 @@ class Store:
             "received_at": row.received_at, "updated_at": row.received_at, "signed_at": row.signed_at,
             "message_id": row.message_id, "raw_body": row.raw_body,
             "headers": json.dumps(dict(row.headers), sort_keys=True), "action": None, "claimed_at": None,
+            "started_at": None,
         }
         # The stored row is looked up after a conflict; purge may delete it in between (another unit of work on
         # SQLite, READ COMMITTED on PostgreSQL): then the insert is tried again.
@@ -547,6 +572,7 @@ class Store:
                 values.update(fields or {})
                 query = update(events).where(events.c.id == event_pk)
                 if claimed_at is not None:
+                    values["started_at"] = claimed_at
                     query = query.where(events.c.state == "processing", events.c.claimed_at == claimed_at)
                 written = conn.execute(query.values(**values)).rowcount == 1
             if written and release_hold:
@@ -808,6 +834,158 @@ class Store:
         """Delete flows and links that expired before a time."""
         with self._tx() as conn:
             return int(conn.execute(delete(oauth_states).where(oauth_states.c.expires_at < before)).rowcount)
+
+    # -- the operators' console: event pages, agents, the last day, the audit log --
+
+    def event_lines(self, where: EventFilter, *, before: int | None = None, after: int | None = None,
+                    limit: int = 50) -> builtins.list[EventLine]:
+        """Return one page of events matching the filter, newest first: older than the row id `before`, or the
+        oldest `limit` of those newer than `after` (the page before, going back up)."""
+        query = select(*_LINE_COLUMNS).where(*where.clauses()).limit(limit)
+        if after is not None:
+            query = query.where(events.c.id > after).order_by(events.c.id)
+        else:
+            query = query.order_by(events.c.id.desc())
+        if before is not None:
+            query = query.where(events.c.id < before)
+        with self._tx() as conn:
+            lines = [EventLine(**row) for row in conn.execute(query).mappings()]
+        return lines[::-1] if after is not None else lines
+
+    def event_ids(self, where: EventFilter, *, limit: int) -> builtins.list[int]:
+        """Return the row ids of the events matching the filter, newest first, at most limit."""
+        query = select(events.c.id).where(*where.clauses()).order_by(events.c.id.desc()).limit(limit)
+        with self._tx() as conn:
+            return [int(r[0]) for r in conn.execute(query)]
+
+    def state_counts(self, where: EventFilter) -> dict[str, int]:
+        """Return how many events match the filter (its state aside) in each state."""
+        query = select(events.c.state, func.count()).where(*replace(where, state=None).clauses())
+        with self._tx() as conn:
+            rows = conn.execute(query.group_by(events.c.state)).all()
+        return {state: int(count) for state, count in rows}
+
+    def agents_seen(self, *, limit: int = 500) -> builtins.list[AgentLine]:
+        """Return each agent named by an event (the most recently seen first): their last event and last applied."""
+        newest = (select(events.c.agent, func.max(events.c.id).label("last")).where(events.c.agent.is_not(None))
+                  .group_by(events.c.agent).order_by(func.max(events.c.id).desc()).limit(limit))
+        with self._tx() as conn:
+            last = {row.agent: int(row.last) for row in conn.execute(newest)}
+            applied: dict[str, int] = {str(r[0]): int(r[1]) for r in conn.execute(
+                select(events.c.agent, func.max(events.c.id)).where(events.c.state == "applied",
+                                                                    events.c.agent.in_(list(last)))
+                .group_by(events.c.agent))} if last else {}
+            wanted = set(last.values()) | set(applied.values())
+            rows = {int(r["id"]): EventLine(**r) for r in conn.execute(
+                select(*_LINE_COLUMNS).where(events.c.id.in_(wanted))).mappings()} if wanted else {}
+        return [AgentLine(agent, rows[pk], rows.get(applied[agent]) if agent in applied else None)
+                for agent, pk in last.items()]
+
+    def final_states_by_hour(self, *, since: datetime) -> builtins.list[tuple[str, str, int]]:
+        """Return (hour "YYYY-MM-DD HH" in UTC, state, count) of the events received since a time."""
+        if self.dialect == "sqlite":  # stored as "YYYY-MM-DD HH:MM:SS.ffffff" in UTC
+            hour: Any = func.substr(events.c.received_at, 1, 13)
+        else:
+            hour = func.to_char(func.timezone("UTC", events.c.received_at), "YYYY-MM-DD HH24")
+        query = (select(hour.label("hour"), events.c.state, func.count()).where(events.c.received_at >= since)
+                 .group_by(hour, events.c.state))
+        with self._tx() as conn:
+            return [(str(h), str(state), int(n)) for h, state, n in conn.execute(query)]
+
+    def applied_latencies(self, *, since: datetime, limit: int = 20000) -> builtins.list[tuple[datetime, float]]:
+        """Return (received_at, seconds from receipt to the final state) of the newest applied events since a time."""
+        query = (select(events.c.received_at, events.c.updated_at)
+                 .where(events.c.state == "applied", events.c.received_at >= since)
+                 .order_by(events.c.id.desc()).limit(limit))
+        with self._tx() as conn:
+            return [(r.received_at, (r.updated_at - r.received_at).total_seconds()) for r in conn.execute(query)]
+
+    def add_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Keep what an operator did (one line per event touched), in one transaction."""
+        if not entries:
+            return
+        with self._tx(atomic=len(entries) > 1) as conn:
+            conn.execute(insert(audit), [{"at": e.at, "operator": e.operator[:320], "action": e.action,
+                                          "event": e.event, "target": e.target[:512], "detail": e.detail[:2000]}
+                                         for e in entries])
+
+    def audit_lines(self, *, event: int | None = None, limit: int | None = 100) -> builtins.list[AuditEntry]:
+        """Return audit lines, newest first; only those of one event when given."""
+        query = select(audit).order_by(audit.c.id.desc())
+        if event is not None:
+            query = query.where(audit.c.event == event)
+        if limit:
+            query = query.limit(limit)
+        with self._tx() as conn:
+            return [AuditEntry(**{k: v for k, v in row.items()}) for row in conn.execute(query).mappings()]
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What the console's events page filters on; None (or "") means any."""
+
+    state: str | None = None
+    source: str | None = None
+    agent: str | None = None
+    ticket: str | None = None
+    since: datetime | None = None
+
+    def clauses(self) -> builtins.list[Any]:
+        """Return the WHERE clauses of the filter."""
+        found: builtins.list[Any] = []
+        for column, value in ((events.c.state, self.state), (events.c.source, self.source),
+                              (events.c.agent, self.agent), (events.c.ticket_id, self.ticket)):
+            if value:
+                found.append(column == value)
+        if self.since is not None:
+            found.append(events.c.received_at >= self.since)
+        return found
+
+
+@dataclass(frozen=True)
+class EventLine:
+    """An event as the console's lists show it: no body, no headers."""
+
+    id: int
+    source: str
+    event_id: str
+    state: str
+    detail: str
+    action: str | None
+    ticket_id: str | None
+    status: str | None
+    previous_status: str | None
+    agent: str | None
+    conversation_id: str | None
+    occurred_at: datetime | None
+    received_at: datetime
+    updated_at: datetime
+
+
+_LINE_COLUMNS = tuple(events.c[name] for name in EventLine.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class AgentLine:
+    """An agent seen in events: their newest event, and their newest applied one (what the microphone should be)."""
+
+    agent: str
+    last: EventLine
+    applied: EventLine | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One thing an operator did in the console: who, when, the action, what it touched and how it ended."""
+
+    at: datetime
+    operator: str
+    action: str
+    target: str
+    detail: str
+    event: int | None = None
+    id: int | None = None
+
 
 
 CONNECTIONS_LOCK = 0x636F6E6E  # pg_advisory_xact_lock key of connection replacements ("conn")

@@ -18,6 +18,7 @@ from webhook import oauth_flow, signatures
 from webhook.app_state import get_state
 from webhook.errors import SignatureError, StoreError
 from webhook.events import Envelope, InvalidItem, TicketEvent, parse, usable_message_id
+from webhook.genesys.auth import Me
 from webhook.metrics import authorized
 from webhook.store import NewEvent, Saved
 
@@ -172,7 +173,7 @@ def genesys_connect() -> BaseResponse:
 
 
 @bp.get("/genesys/callback")
-def genesys_callback() -> Response:
+def genesys_callback() -> BaseResponse:
     """Finish a connection: check state, cookie and PKCE, exchange the code, store the user; say who is connected."""
     state = get_state()
     if state.users is None:
@@ -190,6 +191,12 @@ def genesys_callback() -> Response:
         response = page(503, "The service cannot store the connection", "Its database is not answering; start "
                                                                          "again shortly.")
     else:
+        if isinstance(connection, Me):  # a console login: the console decides whether this user may enter
+            from webhook.console.auth import genesys_login_finished
+
+            entered = genesys_login_finished(connection)
+            entered.delete_cookie(oauth_flow.COOKIE, path="/genesys")
+            return entered
         role = "the service user" if connection.kind == "service_user" else "an agent"
         logger.info("genesys user connected (%s)", connection.kind)
         response = page(200, "Connected", f"{connection.name or connection.email} ({connection.email or 'no e-mail'}, "

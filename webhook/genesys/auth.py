@@ -388,6 +388,17 @@ class UserConnections:
         logger.info("genesys connection stored (%s)", stored.kind)
         return stored
 
+    def identify(self, code: str, verifier: str, *, deadline: float) -> Me:
+        """Say who authorized (a console login): exchange the code, ask who the user is, then delete the token at
+        Genesys; nothing is stored, so a login never becomes an agent connection."""
+        tokens = self.grant.exchange(code, verifier, deadline=deadline)
+        me = self.grant.me(tokens.access_token, deadline=deadline)
+        try:
+            self.grant.revoke(tokens.access_token, deadline=deadline)
+        except GenesysError:  # the token is dropped here either way, and expires by itself at Genesys
+            logger.warning("genesys login token could not be deleted at Genesys; it expires by itself")
+        return me
+
     def revoke(self, connection: Connection, *, deadline: float) -> None:
         """Delete the connection's token at Genesys (refreshing first when needed); GenesysError when it cannot."""
         token = self.token(connection.user_id, Identity(connection.kind, connection.user_id), deadline=deadline)
