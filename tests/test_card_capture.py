@@ -169,6 +169,8 @@ def test_a_lost_leave_event_is_undone_by_the_safety_limits(fake: FakeGenesys, tm
         assert (unmute.event_id, unmute.state, unmute.action) == (f"undo-mute-{capture.id}", "applied", "unmute")
         assert "the safety limit ([processing] max_mute_seconds)" in unmute.detail
         assert not fake.muted(cid, pid) and fake.recording(cid) == "paused"  # each limit on its own
+        [line] = service.state.store.audit_lines(event=unmute.id)
+        assert (line.operator, line.action, line.target) == ("safety limit", "undo mute", f"{JANE} on call {cid}")
         undos = service.later(30)
         assert [(u.event_id, u.state) for u in undos] == [(f"undo-pause-{capture.id}", "applied"),
                                                          (f"undo-mute-{capture.id}", "applied")]

@@ -1,6 +1,6 @@
 """Versioned schema changes, applied in order by `flask --app wsgi db upgrade` (the Procfile's release step).
 
-Why not Alembic: the schema is five tables of SQLAlchemy Core, and each change must run on SQLite and PostgreSQL;
+Why not Alembic: the schema is a few tables of SQLAlchemy Core, and each change must run on SQLite and PostgreSQL;
 numbered Python steps written with Core DDL do that in a page, reviewed like any other code, with no second
 configuration to keep in step. An empty database is created from the current table definitions and stamped with
 the latest version (as `alembic stamp head` would); an existing one gets the steps it lacks, each in the same

@@ -828,7 +828,14 @@ class Store:
             taken = conn.execute(delete(safety_undos).where(
                 safety_undos.c.agent == undo.agent, safety_undos.c.kind == undo.kind,
                 safety_undos.c.event == undo.event)).rowcount == 1
-            return self._save_one(conn, event) if taken else None
+            if not taken:
+                return None
+            saved = self._save_one(conn, event)
+            conn.execute(insert(audit).values(  # in the audit beside the operators' actions, as the service's own
+                at=event.received_at, operator="safety limit", action=f"undo {undo.kind}", event=saved.id,
+                target=f"{undo.agent} on call {undo.conversation_id}"[:512],
+                detail=f"event {undo.event}'s {undo.kind} was not undone by {_iso(undo.due_at)}"))
+            return saved
 
     def purge_oauth_states(self, *, before: datetime) -> int:
         """Delete flows and links that expired before a time."""
