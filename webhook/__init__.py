@@ -6,31 +6,38 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
+if TYPE_CHECKING:  # importing the package stays light: gunicorn's master imports webhook.logs before forking, and
+    # requests (urllib3) imported there would break TLS in a gevent worker, which patches ssl after the fork
+    from flask import Flask
 
-from webhook.config import Settings
-from webhook.genesys.client import utcnow
+    from webhook.config import Settings
 
 
 def create_app(
     settings: Settings | None = None,
     *,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] | None = None,
     genesys: object | None = None,
     background: bool = True,
 ) -> Flask:
     """Build the app: settings from the environment unless given; store, Genesys client, worker, views, commands."""
+    from flask import Flask
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
     from webhook import cli, logs, views
     from webhook.app_state import AppState, genesys_client, user_connections
-    from webhook.genesys.client import GenesysClient
+    from webhook.config import Settings
+    from webhook.genesys.client import GenesysClient, utcnow
+    from webhook.liveness import Liveness
     from webhook.metrics import Metrics
     from webhook.processing import Processor
     from webhook.store import Store
     from webhook.worker import Sweeper, Worker
 
     settings = settings or Settings.from_env()
+    clock = clock or utcnow
     # Under `flask <command>` stdout is the command's output (tables, JSON): logs go to stderr there.
     cli_run = os.environ.get("FLASK_RUN_FROM_CLI") == "true"
     logs.configure(settings.log_format, settings.log_level, stream=sys.stderr if cli_run else sys.stdout)
@@ -46,11 +53,13 @@ def create_app(
     client = genesys if genesys is not None else (None if settings.genesys.dry_run else genesys_client(settings, users))
     assert client is None or isinstance(client, GenesysClient)
     metrics = Metrics()
-    processor = Processor(store, settings, client, clock=clock, metrics=metrics)
+    liveness = Liveness(store, clock)
+    processor = Processor(store, settings, client, clock=clock, metrics=metrics, liveness=liveness)
     worker = Worker(processor, threads=settings.worker_threads, queue_size=settings.worker_queue_size)
     sweeper = Sweeper(store, worker, interval=settings.sweep_interval_seconds,
-                      stale_after=settings.stale_claim_seconds, clock=clock)
-    state = AppState(settings, store, client, processor, worker, sweeper, clock, metrics, users=users,
+                      stale_after=settings.stale_claim_seconds, clock=clock, liveness=liveness)
+    liveness.after_beat = sweeper.take_over
+    state = AppState(settings, store, client, processor, worker, sweeper, clock, metrics, liveness, users=users,
                      background=background)
     app.extensions["webhook"] = state
     logs.init_app(app)
