@@ -120,8 +120,11 @@ def test_events_list_show_and_export(runner: FlaskCliRunner, signed_post: Signed
 
     lines = runner.invoke(args=["events", "export"]).output.strip().splitlines()
     exported = [json.loads(line) for line in lines if line.startswith("{")]
-    assert [e["event_id"] for e in exported][:2] == ["evt_a", "evt_b"]
-    assert exported[2]["raw_body"] == "not json" and exported[2]["raw_body_base64"] == "bm90IGpzb24="
+    assert [(e["kind"], e["delivery"], e.get("event_id")) for e in exported] == [
+        ("delivery", 1, None), ("event", 1, "evt_a"), ("delivery", 2, None), ("event", 2, "evt_b"),
+        ("delivery", 3, None), ("event", 3, exported[5]["event_id"])]
+    assert exported[4]["raw_body"] == "not json" and exported[4]["raw_body_base64"] == "bm90IGpzb24="
+    assert "raw_body" not in exported[5] and exported[5]["state"] == "invalid"
 
 
 def test_rules_check_prints_the_table_and_the_matching_rule(runner: FlaskCliRunner) -> None:
@@ -191,7 +194,7 @@ def test_replay_file_imports_missing_events_and_reports_bad_lines(runner: FlaskC
     result = runner.invoke(args=["replay", "--file", str(path)])
     assert result.exit_code == 1
     assert "1 replayed, 0 failed, 5 unreadable line(s)" in result.output
-    for reason in ["line 2", "not a JSON object in UTF-8", "line 3", "event_id is missing", "line 5",
+    for reason in ["line 3", "not a JSON object in UTF-8", "line 4", "event_id is missing", "line 6",
                    "not a JSON object", "raw_body_base64 is not base64"]:
         assert reason in result.output
     [record] = state.store.list()
@@ -214,7 +217,8 @@ def test_replay_file_names_unstorable_ids_and_marks_what_it_imports(runner: Flas
         assert re.search(rf"line {number} .* {key} is longer than \d+ characters, or holds a NUL", result.output)
     [record] = app.extensions["webhook"].store.list()
     assert record.state == "dry_run"
-    assert record.headers == {"X-Trace": "1", IMPORT_MARK: IMPORT_NOTE}  # never credentials or signatures, as at intake
+    kept = app.extensions["webhook"].store.delivery(record.delivery)
+    assert kept.headers == {"X-Trace": "1", IMPORT_MARK: IMPORT_NOTE}  # never credentials or signatures, as at intake
 
 
 def test_events_purge_deletes_old_events_with_their_attempts(runner: FlaskCliRunner, signed_post: SignedPost,

@@ -75,7 +75,7 @@ def test_zendesk_sample_is_accepted_and_decided_as_a_dry_run_mute(server: Servic
     record = settled(store, accepted["id"])
     assert (record.state, record.action, record.agent, record.status) == (
         "dry_run", "mute", "jane.agent@example.com", "hold"), record.detail
-    assert record.raw_body == body
+    assert store.delivery(record.delivery).raw_body == body  # type: ignore[union-attr]
 
 
 def test_a_generic_event_is_accepted_and_a_duplicate_answers_200(server: Service, store: Store) -> None:
@@ -151,7 +151,7 @@ def test_a_signed_body_that_is_not_json_is_stored_invalid_and_400(server: Servic
     [invalid] = response.json()["invalid"]
     record = store.get(invalid["id"])
     assert record is not None
-    assert (record.state, record.raw_body) == ("invalid", body)
+    assert (record.state, store.delivery(record.delivery).raw_body) == ("invalid", body)  # type: ignore[union-attr]
     assert "not JSON" in record.detail
 
 

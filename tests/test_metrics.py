@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import Clock, SignedPost
 from webhook import create_app
 from webhook.config import Settings
-from webhook.store import NewEvent
+from webhook.store import NewDelivery, NewEvent
 
 TOKEN = "metrics-token-for-tests"
 
@@ -59,8 +59,8 @@ def test_counts_follow_a_known_sequence(client: FlaskClient, signed_post: Signed
 
 def test_oldest_unfinished_age_comes_from_the_database(app: Flask, client: FlaskClient, clock: Clock) -> None:
     store = app.extensions["webhook"].store
-    store.save([NewEvent(source="inhouse", event_id="left-over", state="received", detail="", received_at=clock(),
-                         raw_body=b"{}")])
+    store.save(NewDelivery(source="inhouse", received_at=clock(), raw_body=b"{}"),
+               [NewEvent(source="inhouse", event_id="left-over", state="received", detail="", received_at=clock())])
     clock.advance(42)
     assert scrape(client)[("webhook_oldest_unfinished_age_seconds", ())] == 42
 

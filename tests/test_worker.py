@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.conftest import T0, Clock
 from webhook.metrics import Metrics
-from webhook.store import NewEvent, Store
+from webhook.store import NewDelivery, NewEvent, Store
 from webhook.worker import Sweeper, Worker
 
 
@@ -75,8 +75,9 @@ def test_a_thread_outlives_an_unexpected_error() -> None:
 
 
 def save(store: Store, event_id: str, received: Any) -> int:
-    [saved] = store.save([NewEvent(source="inhouse", event_id=event_id, state="received", detail="",
-                                   received_at=received, raw_body=b"{}")])
+    [saved] = store.save(NewDelivery(source="inhouse", received_at=received, raw_body=b"{}"),
+                         [NewEvent(source="inhouse", event_id=event_id, state="received", detail="",
+                                   received_at=received)])
     return saved.id
 
 

@@ -16,8 +16,10 @@ from webhook.genesys.auth import TOKEN_PATH
 from webhook.genesys.client import Applied, GenesysClient
 from webhook.genesys.explain import RULE_FACT, explain
 from webhook.genesys.model import Attempt
+from webhook.liveness import Liveness
 from webhook.metrics import Metrics
 from webhook.rules import decide
+from webhook.signatures import TIMESTAMPED_SCHEMES
 from webhook.store import BUSY, OLDER, OURS, EventRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -90,8 +92,10 @@ class Processor:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         metrics: Metrics | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.liveness = liveness or Liveness(store, clock)
         self.store = store
         self.settings = settings
         self.genesys = genesys
@@ -106,9 +110,11 @@ class Processor:
 
     def process(self, event_pk: int, *, states: tuple[str, ...] = ("received",), force: bool = False) -> Outcome:
         """Claim the event and carry it to a final state; the outcome says what happened and why."""
+        self.liveness.ensure()
         now = self.clock()
         stale = now - timedelta(seconds=self.settings.stale_claim_seconds)
-        before = self.store.claim(event_pk, now=now, stale_before=stale, states=states)
+        before = self.store.claim(event_pk, now=now, stale_before=stale, states=states, owner=self.liveness.owner,
+                                  alive_after=self.liveness.alive_after(now))
         if before is None:
             current = self.store.get(event_pk)
             if current is None:
@@ -155,7 +161,9 @@ class Processor:
         deadline = budget_deadline(self.monotonic(), budget=self.settings.retry_budget_seconds,
                                    occurred_at=event.occurred_at, now=now,
                                    max_age=self.settings.max_event_age_seconds, force=force) if self.live else None
-        plan = self._plan(event, record.id, now, force, write=True, deadline=deadline)
+        # Only a live run takes the agent's ordering slot: a dry run acts on nothing, so it must not make a later
+        # event look older than one "already acted on".
+        plan = self._plan(event, record.id, now, force, write=self.live, deadline=deadline)
         if plan.state is not None:
             return plan.action, plan.state, plan.detail, fields
         if deadline is None:
@@ -174,8 +182,12 @@ class Processor:
         source = self.settings.sources.get(record.source)
         if source is None:
             return InvalidItem(record.source, record.event_id, f"source {record.source} is no longer configured")
-        envelope = Envelope(record.source, record.received_at, record.signed_at, record.message_id)
-        items = events_mod.parse(record.raw_body, source.mapping, envelope, self.settings.agents)
+        delivery = self.store.delivery(record.delivery)
+        if delivery is None:
+            return InvalidItem(record.source, record.event_id, "its delivery (the stored body) is missing")
+        envelope = Envelope(record.source, record.received_at, delivery.signed_at, delivery.message_id,
+                            unsigned_time=source.scheme not in TIMESTAMPED_SCHEMES)
+        items = events_mod.parse(delivery.raw_body, source.mapping, envelope, self.settings.agents)
         match = [i for i in items if i.event_id == record.event_id] or (items if len(items) == 1 else [])
         if not match:
             return InvalidItem(record.source, record.event_id, "the body no longer yields this event id")
