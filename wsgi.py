@@ -20,6 +20,6 @@ except ConfigError as exc:
     configured = Path(".env").exists() or any(k.endswith("_WEBHOOK_SECRET") for k in os.environ)
     if configured:
         print(f"{exc}\n(only `flask --app wsgi init` and `db upgrade` work until these are fixed)\n", file=sys.stderr)
-    else:
+    elif "init" not in sys.argv[1:]:  # not while init is writing it
         print("no .env here yet: `flask --app wsgi init` writes one with fresh secrets\n", file=sys.stderr)
     app = setup_app(exc)

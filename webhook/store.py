@@ -1035,6 +1035,10 @@ class _GuardedConnection(psycopg.Connection[Any]):
 
 
 def _guarded_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() >= deadline:
+        # The unit's time is spent (a ping of a pooled connection hung, say): no new connection is tried.
+        raise psycopg.OperationalError("no time left to connect to the database")
     return _GuardedConnection.connect(*cargs, **cparams)
 
 

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
 
 BODY_SECONDS = 10.0  # a body that takes longer to arrive is refused (408): a slow client holds nothing for long
-READY_SECONDS = 1.8  # /readyz answers within this, whatever the database does
+READY_SECONDS = 1.5  # /readyz answers within this (2 s promised), whatever the database does
 
 
 @bp.post("/webhooks/<source>")
