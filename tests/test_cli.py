@@ -298,12 +298,13 @@ def test_a_duration_out_of_range_is_one_line_naming_the_option(runner: FlaskCliR
     assert f"Error: Invalid value for {option}: " in result.output and "reaches back before year 1" in result.output
 
 
-def test_a_dry_run_replay_is_not_told_a_newer_event_was_acted_on(runner: FlaskCliRunner,
-                                                                 signed_post: SignedPost) -> None:
+def test_a_dry_run_replay_is_not_told_a_newer_event_was_acted_on(runner: FlaskCliRunner, signed_post: SignedPost,
+                                                                 store: Store) -> None:
     """Issue 11, smaller: dry_run events took the agent's slot, so `replay 1 --dry-run` said a newer event was
     "already acted on" when nothing was."""
     signed_post("inhouse", generic("evt_1"))
-    signed_post("inhouse", generic("evt_2", status="open").replace("10:00:00Z", "10:00:01Z"))
+    signed_post("inhouse", generic("evt_2").replace("10:00:00Z", "10:00:01Z"))  # a newer mute, decided dry_run
+    assert [r.state for r in store.list()] == ["dry_run", "dry_run"]
     result = runner.invoke(args=["replay", "1", "--dry-run"])
     assert "would act" in result.output and "already acted on" not in result.output, result.output
 
