@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import tempfile
 import threading
@@ -404,8 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             and 0 < args.concurrency <= 256):
         parser.error("bounds: rate <= 5000, seconds <= 120, closed-seconds <= 60, concurrency <= 256")
     print(f"machine: {machine()}")
-    print(f"servers: gunicorn --config gunicorn.conf.py, {args.workers} worker(s) x {args.threads} thread(s), gthread; "
-          f"loopback only")
+    kind = re.search(r'^worker_class = "(\w+)"', (ROOT / "gunicorn.conf.py").read_text(), re.MULTILINE)
+    print(f"servers: gunicorn --config gunicorn.conf.py, {args.workers} worker(s), worker class "
+          f"{kind.group(1) if kind else '?'}; loopback only")
     print(f"load: closed loop {args.concurrency} connections for {args.closed_seconds:g} s; "
           f"open loop {args.rate:g} req/s for {args.seconds:g} s ({int(args.rate * args.seconds)} requests)")
     with kept_or_temporary(args.keep) as tmp:

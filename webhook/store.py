@@ -408,6 +408,7 @@ class Store:
         self._insert_event = self._insert_ignore(events, ["source", "event_id"], returning=returning)
         self._insert_key = self._insert_ignore(event_keys, ["source", "event_id"])
         self._insert_delivery = self._insert(deliveries, returning=returning)
+        self._save_single = _save_single_statement() if self.dialect == "postgresql" else None
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -511,6 +512,8 @@ class Store:
         before (its dedupe key is kept even after the event is purged) is a duplicate; a delivery none of whose
         events is new is not stored. `delivery` may also be the id of a stored delivery. With revive (replay
         --file: a person's decision), an event whose key is known but whose row was purged is stored again."""
+        if self._save_single is not None and len(rows) == 1 and isinstance(delivery, NewDelivery) and not revive:
+            return self._save_one_postgres(delivery, rows[0])
         with self._tx(atomic=True) as conn:
             if self.dialect == "postgresql" and len(rows) > 1:
                 self._lock_keys(conn, rows)
@@ -538,6 +541,29 @@ class Store:
                                                  "seen_at": row.received_at})
         return bool(result.rowcount == 1)
 
+    def _save_one_postgres(self, delivery: NewDelivery, row: NewEvent) -> list[Saved]:
+        """The usual delivery, one event, on PostgreSQL: key, delivery and event in one statement (one round trip)."""
+        assert self._save_single is not None
+        values = self._event_values(row, None) | {
+            "d_signed_at": delivery.signed_at, "d_message_id": delivery.message_id, "d_raw_body": delivery.raw_body,
+            "d_headers": json.dumps(dict(delivery.headers), sort_keys=True), "d_source": delivery.source,
+            "d_received_at": delivery.received_at}
+        with self._tx() as conn:
+            row_id = conn.execute(self._save_single, values).scalar()
+            if row_id is not None:
+                return [Saved(int(row_id), row.source, row.event_id, False, row.state)]
+            return [self._duplicate(conn, row)]
+
+    @staticmethod
+    def _event_values(row: NewEvent, delivery: int | None) -> dict[str, Any]:
+        return {
+            "source": row.source, "event_id": row.event_id, "state": row.state, "detail": row.detail,
+            "ticket_id": row.ticket_id, "status": row.status, "previous_status": row.previous_status,
+            "agent": row.agent, "conversation_id": row.conversation_id, "occurred_at": row.occurred_at,
+            "received_at": row.received_at, "updated_at": row.received_at, "action": None, "claimed_at": None,
+            "delivery": delivery, "claimed_by": None,
+        }
+
     @staticmethod
     def _purged(conn: Connection, row: NewEvent) -> bool:
         return conn.execute(_FIND_KEY, {"source": row.source, "event_id": row.event_id}).first() is None
@@ -550,14 +576,7 @@ class Store:
         return int(result.lastrowid if self.dialect == "sqlite" else result.scalar_one())
 
     def _insert_one(self, conn: Connection, row: NewEvent, delivery: int | None) -> Saved | None:
-        values = {
-            "source": row.source, "event_id": row.event_id, "state": row.state, "detail": row.detail,
-            "ticket_id": row.ticket_id, "status": row.status, "previous_status": row.previous_status,
-            "agent": row.agent, "conversation_id": row.conversation_id, "occurred_at": row.occurred_at,
-            "received_at": row.received_at, "updated_at": row.received_at, "action": None, "claimed_at": None,
-            "delivery": delivery, "claimed_by": None,
-        }
-        result = conn.execute(self._insert_event, values)
+        result = conn.execute(self._insert_event, self._event_values(row, delivery))
         row_id = (result.lastrowid if result.rowcount == 1 else None) if self.dialect == "sqlite" else result.scalar()
         return Saved(int(row_id), row.source, row.event_id, False, row.state) if row_id is not None else None
 
@@ -1032,6 +1051,25 @@ class _GuardedConnection(psycopg.Connection[Any]):
                 state = gen.send(ready)
             except StopIteration as done:
                 return done.value
+
+
+def _save_single_statement() -> TextClause:
+    """PostgreSQL: record the key, then (only if it is new) the delivery, then the event pointing at it; one statement.
+    Returns the event's id, or no row for a duplicate."""
+    names = [c.name for c in events.columns if c.name != "id"]
+    kept = [c.name for c in deliveries.columns if c.name != "id"]
+    # Only table and column names of this module go into the text; every value is a bound parameter.
+    sql = (
+        "WITH k AS (INSERT INTO event_keys (source, event_id, seen_at) VALUES (:source, :event_id, :received_at) "  # noqa: S608
+        "ON CONFLICT (source, event_id) DO NOTHING RETURNING 1), "
+        f"d AS (INSERT INTO deliveries ({', '.join(kept)}) SELECT {', '.join(':d_' + n for n in kept)} "
+        "WHERE EXISTS (SELECT 1 FROM k) RETURNING id) "
+        f"INSERT INTO events ({', '.join(names)}) SELECT "
+        f"{', '.join('d.id' if n == 'delivery' else ':' + n for n in names)} FROM d "
+        "ON CONFLICT (source, event_id) DO NOTHING RETURNING id")
+    params = [bindparam(n, type_=events.c[n].type) for n in names if n != "delivery"]
+    params += [bindparam("d_" + n, type_=deliveries.c[n].type) for n in kept]
+    return text(sql).bindparams(*params)
 
 
 def _guarded_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
