@@ -360,7 +360,7 @@ def report(bare: Measured, service: Measured, args: argparse.Namespace) -> dict[
         print(f"answers, {m.name}: closed loop {dict(m.closed.statuses)} in {m.closed.seconds:.1f} s; "
               f"fixed rate {dict(m.fixed.statuses)} in {m.fixed.seconds:.1f} s")
     return {
-        "machine": machine(), "workers": args.workers, "threads": args.threads, "worker_class": "gthread",
+        "machine": machine(), "workers": args.workers, "threads": args.threads, "worker_class": "gevent",
         "concurrency": args.concurrency, "rate": args.rate, "seconds": args.seconds,
         "closed_seconds": args.closed_seconds, "ratio": ratio, "ratio_target": TARGET_RATIO,
         "p99_target_ms": TARGET_P99_MS,
