@@ -82,6 +82,7 @@ from webhook.config import Settings
 from webhook.errors import ConfigError
 from webhook.events import Envelope, InvalidItem, parse
 from webhook.intake import export_lines, read_export
+from webhook.signatures import TIMESTAMPED_SCHEMES
 from webhook.store import NewDelivery, NewEvent, Store
 
 pytestmark = pytest.mark.fuzz
@@ -634,9 +635,12 @@ class Bench:
     def check_signed(self, case: Case, response: Any, before: int, written: list[int]) -> str | None:  # noqa: PLR0911 - one early return per invariant
         """A correctly signed body: the answer follows events.parse, and every row it names is stored as said."""
         status = response.status_code
+        source = self.intake.settings.sources[case.source]
         try:
-            items = parse(case.body, self.intake.settings.sources[case.source].mapping,
-                          Envelope(case.source, self.intake.clock()), self.intake.settings.agents)
+            items = parse(case.body, source.mapping,
+                          Envelope(case.source, self.intake.clock(),
+                                   unsigned_time=source.scheme not in TIMESTAMPED_SCHEMES),
+                          self.intake.settings.agents)
         except Exception as exc:
             return f"events.parse raised {type(exc).__name__}: {exc}"
         invalid = any(isinstance(i, InvalidItem) for i in items)
@@ -992,8 +996,9 @@ def check_imports(store: Store, before: int) -> str | None:
     for record in store.list(limit=100):  # newest first; one file adds at most 8
         if record.id <= before:
             break
-        if IMPORT_MARK not in record.headers:
-            return f"imported row {record.id} ({record.state}) carries no import mark: {dict(record.headers)}"
+        headers = dict(store.delivery(record.delivery).headers) if record.delivery else {}
+        if IMPORT_MARK not in headers:
+            return f"imported row {record.id} ({record.state}) carries no import mark: {headers}"
         if record.state in ("received", "processing"):
             return f"imported row {record.id} left {record.state}"
     return None
