@@ -258,3 +258,21 @@ def test_signed_webhooks_are_answered_while_slow_clients_trickle(tmp_path: Path)
         finally:
             stop.set()
     assert answers == [202] * 10
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408_and_holds_nothing(server: Service, store: Store) -> None:
+    """A slow body costs a greenlet for at most views.BODY_SECONDS (10 s), then the connection is answered and closed;
+    nothing is stored."""
+    before = rows(store)
+    head = (b"POST /webhooks/inhouse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{\"event_id\":")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 408 REQUEST TIMEOUT", answer[:200]
+    assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {"error": "request_timeout",
+                                                          "detail": "the body did not arrive within 10 s"}
+    assert rows(store) == before
