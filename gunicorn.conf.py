@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gunicorn import util
 from gunicorn.glogging import Logger
 
 os.environ.setdefault("LOG_FORMAT", "json")  # production: one JSON object per line on stdout
@@ -16,10 +17,14 @@ os.environ.setdefault("LOG_FORMAT", "json")  # production: one JSON object per l
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="webhook-metrics-")
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-worker_class = "gthread"
+bind = f"0.0.0.0:{os.environ.get('PORT') or '8000'}"
+workers = int(os.environ.get("WEB_CONCURRENCY") or "2")
+# gevent: each connection is a greenlet, so a client that trickles its request holds memory, not one of a few
+# threads (with gthread, 8 slow connections stopped all intake). gunicorn bounds the wait for a request head by
+# `keepalive`; the service bounds the wait for a body (views.BODY_SECONDS). psycopg waits cooperatively under
+# gevent, and the background worker threads and the sweeper run as greenlets.
+worker_class = "gevent"
+worker_connections = int(os.environ.get("WEB_CONNECTIONS") or "200")  # each may hold a body of up to 256 KiB
 timeout = 25  # under the PaaS routers' 30 s
 graceful_timeout = 20  # SIGTERM: in-flight events finish; queued ones stay "received" for the sweeper
 keepalive = 5
@@ -62,6 +67,39 @@ def worker_exit(server: Any, worker: Any) -> None:
         state.shutdown()
 
 
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own refusals (a bad request line, headers too large, HTTP/2.0 ...) as JSON, like every answer of
+    the service, instead of its HTML page."""
+    code = reason.lower().replace(" ", "_")
+    body = json.dumps({"error": code, "detail": mesg}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    util.write_nonblock(sock, head + body)
+
+
+util.write_error = write_json_error
+
+
+class PlainLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger for plain lines, with control characters from the request (a User-Agent, a bad request
+    line) shown escaped: a client cannot forge a second log line or drive the reader's terminal."""
+
+    def setup(self, cfg: Any) -> None:
+        """Set up gunicorn's handlers, then give its error log the service's escaping plain formatter."""
+        super().setup(cfg)
+        from webhook.logs import PlainFormatter
+
+        for handler in self.error_log.handlers:
+            handler.setFormatter(PlainFormatter("%(asctime)s [%(process)d] [%(levelname)s] %(message)s"))
+
+    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
+        """The access log's fields, text escaped."""
+        from webhook.logs import escape
+
+        return {k: escape(v) if isinstance(v, str) else v
+                for k, v in super().atoms(resp, req, environ, request_time).items()}
+
+
 class JsonAccessLogger(Logger):  # type: ignore[misc]
     """Gunicorn's logger with the access log as one JSON object a line (path without its query string)."""
 
@@ -85,5 +123,4 @@ class JsonAccessLogger(Logger):  # type: ignore[misc]
         }))
 
 
-if os.environ["LOG_FORMAT"] == "json":
-    logger_class = JsonAccessLogger
+logger_class = JsonAccessLogger if os.environ["LOG_FORMAT"] == "json" else PlainLogger

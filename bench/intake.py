@@ -38,6 +38,7 @@ import json
 import math
 import os
 import platform
+import re
 import sqlite3
 import sys
 import tempfile
@@ -371,7 +372,7 @@ def report(bare: Measured, hand: Measured, service: Measured, args: argparse.Nam
         print(f"answers, {m.name}: closed loop {dict(m.closed.statuses)} in {m.closed.seconds:.1f} s; "
               f"fixed rate {dict(m.fixed.statuses)} in {m.fixed.seconds:.1f} s")
     return {
-        "machine": machine(), "workers": args.workers, "threads": args.threads, "worker_class": "gthread",
+        "machine": machine(), "workers": args.workers, "threads": args.threads, "worker_class": "gevent",
         "concurrency": args.concurrency, "rate": args.rate, "seconds": args.seconds,
         "closed_seconds": args.closed_seconds, "ratio": ratio, "ratio_target": TARGET_RATIO,
         "ratio_of_bare": of_bare, "p99_target_ms": TARGET_P99_MS,
@@ -422,8 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             and 0 < args.concurrency <= 256):
         parser.error("bounds: rate <= 5000, seconds <= 120, closed-seconds <= 60, concurrency <= 256")
     print(f"machine: {machine()}")
-    print(f"servers: gunicorn --config gunicorn.conf.py, {args.workers} worker(s) x {args.threads} thread(s), gthread; "
-          f"loopback only")
+    kind = re.search(r'^worker_class = "(\w+)"', (ROOT / "gunicorn.conf.py").read_text(), re.MULTILINE)
+    print(f"servers: gunicorn --config gunicorn.conf.py, {args.workers} worker(s), worker class "
+          f"{kind.group(1) if kind else '?'}; loopback only")
     print(f"load: closed loop {args.concurrency} connections for {args.closed_seconds:g} s; "
           f"open loop {args.rate:g} req/s for {args.seconds:g} s ({int(args.rate * args.seconds)} requests)")
     with kept_or_temporary(args.keep) as tmp:

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,11 @@ def test_events_list_show_and_export(runner: FlaskCliRunner, signed_post: Signed
 
     lines = runner.invoke(args=["events", "export"]).output.strip().splitlines()
     exported = [json.loads(line) for line in lines if line.startswith("{")]
-    assert [e["event_id"] for e in exported][:2] == ["evt_a", "evt_b"]
-    assert exported[2]["raw_body"] == "not json" and exported[2]["raw_body_base64"] == "bm90IGpzb24="
+    assert [(e["kind"], e["delivery"], e.get("event_id")) for e in exported] == [
+        ("delivery", 1, None), ("event", 1, "evt_a"), ("delivery", 2, None), ("event", 2, "evt_b"),
+        ("delivery", 3, None), ("event", 3, exported[5]["event_id"])]
+    assert exported[4]["raw_body"] == "not json" and exported[4]["raw_body_base64"] == "bm90IGpzb24="
+    assert "raw_body" not in exported[5] and exported[5]["state"] == "invalid"
 
 
 def test_rules_check_prints_the_table_and_the_matching_rule(runner: FlaskCliRunner) -> None:
@@ -192,7 +196,7 @@ def test_replay_file_imports_missing_events_and_reports_bad_lines(runner: FlaskC
     result = runner.invoke(args=["replay", "--file", str(path)])
     assert result.exit_code == 1
     assert "1 replayed, 0 failed, 5 unreadable line(s)" in result.output
-    for reason in ["line 2", "not a JSON object in UTF-8", "line 3", "event_id is missing", "line 5",
+    for reason in ["line 3", "not a JSON object in UTF-8", "line 4", "event_id is missing", "line 6",
                    "not a JSON object", "raw_body_base64 is not base64"]:
         assert reason in result.output
     [record] = state.store.list()
@@ -215,7 +219,8 @@ def test_replay_file_names_unstorable_ids_and_marks_what_it_imports(runner: Flas
         assert re.search(rf"line {number} .* {key} is longer than \d+ characters, or holds a NUL", result.output)
     [record] = app.extensions["webhook"].store.list()
     assert record.state == "dry_run"
-    assert record.headers == {"X-Trace": "1", IMPORT_MARK: IMPORT_NOTE}  # never credentials or signatures, as at intake
+    kept = app.extensions["webhook"].store.delivery(record.delivery)
+    assert kept.headers == {"X-Trace": "1", IMPORT_MARK: IMPORT_NOTE}  # never credentials or signatures, as at intake
 
 
 def test_events_purge_deletes_old_events_with_their_attempts(runner: FlaskCliRunner, signed_post: SignedPost,
@@ -246,3 +251,104 @@ def test_a_database_that_cannot_be_used_is_one_line_not_a_traceback(tmp_path: Pa
     assert result.output.strip().splitlines()[-1] == (
         "Error: the database cannot be used: OperationalError; check DATABASE_URL and that the database is running")
     assert "Traceback" not in result.output and "hunter2" not in result.output
+
+
+def test_stored_control_characters_are_shown_escaped_and_json_stays_exact(runner: FlaskCliRunner,
+                                                                          signed_post: SignedPost) -> None:
+    """Issue 11, finding 6: events show/list and the replay table printed ESC[2J, an OSC 52 clipboard write and a
+    title change raw to the operator's terminal."""
+    hostile = "a\x1b[2J\x1b]52;c;ZXZpbA==\x07\x1b]0;owned\x07\u202e@example.com"
+    body = json.dumps({"event_id": "evt\x1b[31m", "occurred_at": "2026-11-23T10:00:00Z", "agent": {"email": hostile},
+                       "ticket": {"id": "7\x9b", "status": "payment_in_progress"}})
+    signed_post("inhouse", body, headers={"X-Note": "x\x1b[2Jy"})
+    signed_post("inhouse", b"not json \x1b[2J\n  state: applied")
+    outputs = [runner.invoke(args=args).output for args in (
+        ["events", "list"], ["events", "show", "1"], ["events", "show", "2"], ["replay", "1", "2"],
+        ["replay", "1", "--dry-run"])]
+    for output in outputs:
+        assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", output), output
+    shown = outputs[1]
+    assert "a\\x1b[2J\\x1b]52;c;ZXZpbA==\\x07\\x1b]0;owned\\x07\\u202e@example.com" in shown
+    assert "evt\\x1b[31m" in shown and "7\\x9b" in shown and "x-note: x\\x1b[2jy" in shown.lower()
+    assert "not json \\x1b[2J\\x0a  state: applied" in outputs[2]  # one line: no forged field below the body
+    exact = json.loads(runner.invoke(args=["events", "show", "1", "--json"]).output)
+    assert (exact["agent"], exact["event_id"], exact["body"]) == (hostile, "evt\x1b[31m", body)
+    assert json.loads(runner.invoke(args=["events", "list", "--json"]).output)[1]["agent"] == hostile
+
+
+def test_plain_events_show_prints_the_stored_headers(runner: FlaskCliRunner, signed_post: SignedPost) -> None:
+    """Issue 11, smaller: the README says `events show` prints headers; the plain form printed none."""
+    signed_post("inhouse", generic("evt_h"), headers={"X-Request-Id": "router-1"})
+    shown = runner.invoke(args=["events", "show", "1"]).output
+    lines = shown.splitlines()
+    assert "         headers: " in lines and "                  x-request-id: router-1" in [
+        line.lower() for line in lines]
+    assert "x-hub-signature-256" not in shown.lower()
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["events", "list", "--since", "1000000w"], "--since"),
+    (["replay", "--since", "99999999999999999999d"], "--since"),
+    (["events", "purge", "--older-than", "99999999999999999999d"], "--older-than"),
+])
+def test_a_duration_out_of_range_is_one_line_naming_the_option(runner: FlaskCliRunner, args: list[str],
+                                                               option: str) -> None:
+    """Issue 11, smaller: these ended in an OverflowError traceback."""
+    result = runner.invoke(args=args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"Error: Invalid value for {option}: " in result.output and "reaches back before year 1" in result.output
+
+
+def test_a_dry_run_replay_is_not_told_a_newer_event_was_acted_on(runner: FlaskCliRunner, signed_post: SignedPost,
+                                                                 store: Store) -> None:
+    """Issue 11, smaller: dry_run events took the agent's slot, so `replay 1 --dry-run` said a newer event was
+    "already acted on" when nothing was."""
+    signed_post("inhouse", generic("evt_1"))
+    signed_post("inhouse", generic("evt_2").replace("10:00:00Z", "10:00:01Z"))  # a newer mute, decided dry_run
+    assert [r.state for r in store.list()] == ["dry_run", "dry_run"]
+    result = runner.invoke(args=["replay", "1", "--dry-run"])
+    assert "would act" in result.output and "already acted on" not in result.output, result.output
+
+
+def test_events_help_names_every_subcommand(runner: FlaskCliRunner) -> None:
+    assert "The event log: list, show, export, purge." in runner.invoke(args=["events", "--help"]).output
+
+
+def test_purge_forgets_agents_no_event_needs_and_keeps_the_active_ones(runner: FlaskCliRunner, store: Store,
+                                                                       clock: Clock) -> None:
+    """Issue 11, finding 7: 50,000 events naming distinct agents, purged, left 50,002 agent rows."""
+    for n in range(5):
+        store.advance_agent(f"gone{n}@example.com", occurred_at=clock(), event_pk=100 + n, now=clock())
+    clock.advance(3 * 86400)
+    store.advance_agent("active@example.com", occurred_at=clock() - timedelta(seconds=30), event_pk=200, now=clock())
+    result = runner.invoke(args=["events", "purge", "--older-than", "0s"])
+    assert result.exit_code == 0, result.output
+    assert [store.agent_slot(f"gone{n}@example.com") for n in range(5)] == [None] * 5
+    # The active agent's slot stays: an event older than it, still inside the age limit, must still be skipped.
+    assert store.agent_slot("active@example.com") == (clock() - timedelta(seconds=30), 200)
+
+
+def test_a_missing_schema_is_named_by_every_command(app: Any, runner: FlaskCliRunner, store: Store) -> None:
+    """Issue 11, finding 9: the CLI said "check DATABASE_URL" for a database that only lacked its tables."""
+    from webhook.store import metadata
+
+    with store.engine.begin() as conn:
+        metadata.drop_all(conn)
+    result = runner.invoke(args=["events", "list"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: the database has no schema yet: run `flask --app wsgi db upgrade` (the Procfile's release step) to "
+        "create it")
+
+
+def test_init_does_not_tell_the_user_to_run_init(tmp_path: Path) -> None:
+    """Issue 11, smaller: `init` printed "no .env here yet: run init" while it was running."""
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env.example")
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    env = {k: v for k, v in os.environ.items()
+           if not k.endswith("_WEBHOOK_SECRET") and not k.startswith(("GENESYS", "DATABASE_URL", "WEBHOOK_CONFIG"))}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "init"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "no .env here yet" not in result.stdout + result.stderr

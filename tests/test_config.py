@@ -284,3 +284,27 @@ def test_card_capture_knobs_are_checked(tmp_path: Path, edit: tuple[str, str], m
 def test_card_capture_knobs_default_to_off(tmp_path: Path) -> None:
     settings = Settings.from_env(DRY, config_path=CONFIG)
     assert (settings.genesys.confirm, settings.max_mute_seconds, settings.max_pause_seconds) == (False, 0.0, 0.0)
+
+
+def test_an_unsigned_time_source_without_occurred_at_is_warned_of(tmp_path: Path) -> None:
+    """Issue 11, finding 3: a source whose scheme signs no timestamp and whose mapping reads no event time dates its
+    events at receipt; that is allowed, but said at start-up."""
+    env = DRY | {"X_WEBHOOK_SECRET": "s", "Y_WEBHOOK_SECRET": "s"}
+    mapping = '{ticket_id = "t", status = "s", agent = "a"}'
+    settings = load(tmp_path, f"[sources.x]\nscheme = 'hmac-sha256'\nmapping = {mapping}\n"
+                              f"[sources.y]\nscheme = 'standard'\nmapping = {mapping}\n", env)
+    assert settings.warnings == (
+        "source x: scheme hmac-sha256 signs no timestamp and its mapping has no occurred_at, so its events are "
+        "dated when they arrive: a captured delivery replayed after its dedupe key is forgotten ([retention] "
+        "keep_keys_days) would be acted on as new; map the body's event time as occurred_at",)
+    assert Settings.from_env(DRY, config_path=CONFIG).warnings == ()
+
+
+@pytest.mark.parametrize(("retention", "problem"), [
+    ("keep_keys_days = 30", "retention.keep_keys_days: must be at least 365, got 30"),
+    ("keep_days = 500\nkeep_keys_days = 400", "retention.keep_keys_days: must be at least keep_days (500)"),
+])
+def test_dedupe_keys_are_kept_a_year_and_no_shorter_than_the_events(tmp_path: Path, retention: str,
+                                                                    problem: str) -> None:
+    toml = f"[sources.x]\nscheme='standard'\n[retention]\n{retention}\n"
+    assert any(problem in p for p in problems(tmp_path, toml, DRY | {"X_WEBHOOK_SECRET": "s"}))

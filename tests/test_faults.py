@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,6 +55,7 @@ MUTE = ("payment_in_progress", "open")  # rule 1: mute
 UNMUTE = ("open", "payment_in_progress")  # rule 2: unmute
 CHANGES = {"mute": MUTE, "unmute": UNMUTE}
 WAIT = 60.0
+RECOVERY_SECONDS = 15.0  # a dead process's claims are taken over within this (liveness.DEAD_AFTER_SECONDS + beats)
 API = "/api/"
 CALLS = "/api/v2/conversations/calls/"
 
@@ -249,6 +250,24 @@ def running(fake: FakeGenesys, db_url: str, tmp_path: Path, **knobs: float) -> I
 def at(fake: FakeGenesys, moment: float) -> None:
     """Wait until the fake's clock reaches moment (to place an event inside a fault window)."""
     wait_until(lambda: fake.clock() >= moment, WAIT, interval=0.01, message=f"the fake's clock reaches {moment}")
+
+
+def freeze(cluster: PrivatePostgres) -> list[int]:
+    """SIGSTOP every process of a private cluster (a server that hangs: connections stay open, nothing answers);
+    return their pids for thaw(). Only that cluster's postmaster and children, never the machine's shared server."""
+    master = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    pids = [master, *(int(pid) for pid in children)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def thaw(pids: list[int]) -> None:
+    """SIGCONT what freeze() stopped."""
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def retries_follow(store: Store, pk: int, status: int) -> list[tuple[int, float]]:
@@ -565,10 +584,11 @@ def test_a_database_restart_mid_stream_answers_503_and_loses_nothing(fake: FakeG
 
 def test_a_worker_killed_mid_stream_leaves_no_event_behind(fake: FakeGenesys, scratch_pg_url: str,
                                                             tmp_path: Path) -> None:
+    """With the shipped retry budget (30 s) and stale claim (60 s): the killed worker's claims are taken over
+    because its heartbeat stopped, within 15 s of the kill (issue 11: it took 60 to 70 s)."""
     started = time.monotonic()
     a = agents_on_calls(fake, 8, "killed")
-    with running(fake, scratch_pg_url, tmp_path, retry_budget_seconds=3, stale_claim_seconds=8.5,
-                 sweep_interval_seconds=0.5) as (service, store, stream):
+    with running(fake, scratch_pg_url, tmp_path, sweep_interval_seconds=0.5) as (service, store, stream):
         for x in a[:3]:
             stream.send(x, "mute")
         settle(stream, store)
@@ -585,6 +605,7 @@ def test_a_worker_killed_mid_stream_leaves_no_event_behind(fake: FakeGenesys, sc
 
         victim = wait_until(holder, WAIT, message="a worker is waiting for a PATCH")
         os.kill(victim, signal.SIGKILL)
+        killed_at = datetime.now(UTC)
 
         # The stream goes on while gunicorn replaces the worker.
         stream.send(a[7], "mute")
@@ -597,15 +618,104 @@ def test_a_worker_killed_mid_stream_leaves_no_event_behind(fake: FakeGenesys, sc
         records = settle(stream, store)
 
     patched = Counter(p.path for p in fake.patches if p.status == 202)
-    taken_over = [s for s in in_flight if patched[s.agent.patch_path] == 2]
+    taken_over = [s for s in in_flight if patched[s.agent.patch_path] == 2 or "processing" in records[s.pk].detail]  # type: ignore[index]
     lost = sum(patched[s.agent.patch_path] - 1 for s in in_flight)
     check_stream(stream, store, fake, records, lost_patches=lost)
-    assert taken_over, "the killed worker held no event"
     assert lost <= THREADS and all(patched[s.agent.patch_path] in (1, 2) for s in in_flight)
-    for sent in taken_over:  # taken over only once the dead claim was stale, never while it could be live
-        record = records[sent.pk]  # type: ignore[index]
-        assert (record.updated_at - record.received_at).total_seconds() >= 8.5
+    recovered = [records[s.pk] for s in in_flight if records[s.pk].updated_at > killed_at]  # type: ignore[index]
+    assert recovered, "the killed worker held no event"
+    worst = max((r.updated_at - killed_at).total_seconds() for r in recovered)
+    assert worst <= RECOVERY_SECONDS, f"taken over {worst:.1f} s after the kill"
     bound = baseline_bound(stream, WORKERS + 1) + 4 * lost
     assert len(fake.requests(path_prefix=API)) <= bound
     report("a worker SIGKILLed mid-PATCH", stream, records, fake, bound, started, taken_over=len(taken_over),
+           repeated_patches=lost, recovered_within=f"{worst:.1f}s")
+
+
+def test_the_whole_service_killed_and_restarted_recovers_its_events_in_seconds(
+        fake: FakeGenesys, scratch_pg_url: str, tmp_path: Path) -> None:
+    """Issue 11, finding 5: SIGKILL of master and workers with events in flight, then a restart: the events stayed
+    processing for 60 to 70 s (the stale claim). Now the new processes take them over within 15 s of the restart,
+    with the shipped retry budget (30 s) and stale claim (60 s)."""
+    started = time.monotonic()
+    a = agents_on_calls(fake, 5, "restarted")
+    with running(fake, scratch_pg_url, tmp_path) as (service, store, stream):
+        stream.send(a[0], "mute")
+        settle(stream, store)
+        for x in a[1:4]:
+            fake.slow(3.0, count=1, path_prefix=x.patch_path)
+        in_flight = [stream.send(x, "mute") for x in a[1:4]]
+        wait_until(lambda: len([p for p in fake.patches if p.status is None]) >= 2, WAIT,
+                   message="PATCHes are in flight")
+        service.kill()  # master and workers at once, like a container being killed
+        service.start()
+        restarted_at = datetime.now(UTC)
+        stream.send(a[4], "mute")
+        stream.resend(in_flight[0])
+        records = settle(stream, store)
+
+    patched = Counter(p.path for p in fake.patches if p.status == 202)
+    lost = sum(patched[s.agent.patch_path] - 1 for s in in_flight)
+    check_stream(stream, store, fake, records, lost_patches=lost)
+    recovered = [records[s.pk] for s in in_flight if records[s.pk].updated_at > restarted_at]  # type: ignore[index]
+    assert recovered, "no event was in flight at the kill"
+    worst = max((r.updated_at - restarted_at).total_seconds() for r in recovered)
+    assert worst <= RECOVERY_SECONDS, f"taken over {worst:.1f} s after the restart"
+    assert all(patched[s.agent.patch_path] in (1, 2) for s in in_flight)
+    bound = baseline_bound(stream, 2 * WORKERS) + 4 * len(in_flight)
+    assert len(fake.requests(path_prefix=API)) <= bound
+    report("the whole service SIGKILLed and restarted", stream, records, fake, bound, started,
+           recovered=len(recovered), repeated_patches=lost, recovered_within=f"{worst:.1f}s")
+
+
+def test_a_database_that_hangs_is_answered_503_in_seconds_and_loses_nothing(
+        fake: FakeGenesys, private_pg: PrivatePostgres, tmp_path: Path) -> None:
+    """Issue 11, finding 4: PostgreSQL stopped with SIGSTOP held every request 50 s (then 202) and /readyz timed
+    out. Now intake answers 503 with Retry-After within 5 s and /readyz 503 within 2 s while it hangs; after
+    SIGCONT every accepted event ends as it should and the refused delivery is accepted on its retry."""
+    started = time.monotonic()
+    a = agents_on_calls(fake, 5, "hang")
+    with running(fake, private_pg.url, tmp_path, retry_budget_seconds=3, stale_claim_seconds=8.5,
+                 sweep_interval_seconds=0.5) as (service, store, stream):
+        for x in a[:2]:
+            stream.send(x, "mute")
+        settle(stream, store)
+        fake.slow(2.0, count=1, path_prefix=a[2].patch_path)  # its result comes back while the database hangs
+        in_flight = stream.send(a[2], "mute")
+        wait_until(lambda: any(p.path == a[2].patch_path for p in fake.patches), WAIT, message="the PATCH is sent")
+        frozen = freeze(private_pg)
+        try:
+            body = json.dumps({"event_id": f"evt-{uuid.uuid4()}", "occurred_at": datetime.now(UTC).isoformat(),
+                               "ticket": {"id": "h", "status": MUTE[0], "previous_status": MUTE[1]},
+                               "agent": {"email": a[3].name} if "@" in a[3].name else {"genesys_user_id": a[3].name}
+                               }).encode()
+            asked = time.monotonic()
+            answer = requests.post(service.webhook_url("helpdesk"), data=body, headers=service.sign("helpdesk", body),
+                                   timeout=30)
+            intake_seconds = time.monotonic() - asked
+            asked = time.monotonic()
+            ready = requests.get(f"{service.url}/readyz", timeout=30)
+            ready_seconds = time.monotonic() - asked
+        finally:
+            thaw(frozen)
+        assert (answer.status_code, answer.headers.get("Retry-After"), answer.json()["error"]) == (
+            503, "5", "store_unavailable")
+        assert intake_seconds <= 5.0, f"intake answered after {intake_seconds:.1f} s"
+        assert ready.status_code == 503 and ready_seconds <= 2.0, (ready.status_code, ready_seconds)
+        retried = stream.post(body)  # the sender's retry, once the database answers again
+        assert retried.status_code == 202, retried.text
+        late = Sent(a[3], "mute", datetime.now(UTC), json.loads(body)["event_id"], body, frozenset(["applied"]),
+                    pk=retried.json()["accepted"][0]["id"], answers=[503, 202])
+        stream.sent.append(late)
+        stream.send(a[0], "unmute")
+        records = settle(stream, store)
+        assert requests.get(f"{service.url}/readyz", timeout=5).status_code == 200
+
+    lost = sum(1 for p in fake.patches if p.path == a[2].patch_path and p.status == 202) - 1
+    check_stream(stream, store, fake, records, lost_patches=lost)
+    assert records[in_flight.pk].state == "applied"  # type: ignore[index]
+    bound = baseline_bound(stream, WORKERS) + 4
+    assert len(fake.requests(path_prefix=API)) <= bound
+    report("PostgreSQL hung (SIGSTOP) mid-stream", stream, records, fake, bound, started,
+           intake_503_after=f"{intake_seconds:.1f}s", readyz_503_after=f"{ready_seconds:.1f}s",
            repeated_patches=lost)

@@ -14,7 +14,7 @@ from tests.support.app import SignedPost
 from tests.support.clocks import Clock
 from webhook import create_app
 from webhook.config import Settings
-from webhook.store import NewEvent
+from webhook.store import NewDelivery, NewEvent
 
 TOKEN = "metrics-token-for-tests"
 
@@ -60,8 +60,8 @@ def test_counts_follow_a_known_sequence(client: FlaskClient, signed_post: Signed
 
 def test_oldest_unfinished_age_comes_from_the_database(app: Flask, client: FlaskClient, clock: Clock) -> None:
     store = app.extensions["webhook"].store
-    store.save([NewEvent(source="inhouse", event_id="left-over", state="received", detail="", received_at=clock(),
-                         raw_body=b"{}")])
+    store.save(NewDelivery(source="inhouse", received_at=clock(), raw_body=b"{}"),
+               [NewEvent(source="inhouse", event_id="left-over", state="received", detail="", received_at=clock())])
     clock.advance(42)
     assert scrape(client)[("webhook_oldest_unfinished_age_seconds", ())] == 42
 

@@ -16,7 +16,7 @@ from tests.support.app import ROOT
 from tests.support.servers import dry_run_env
 from webhook import migrations
 from webhook.migrations import MIGRATIONS, current_version, schema_versions, upgrade, versions_metadata
-from webhook.store import OURS, Store, metadata
+from webhook.store import OURS, NewEvent, Store, metadata
 
 
 @pytest.fixture
@@ -154,19 +154,18 @@ def test_a_step_numbered_below_the_newest_applied_one_is_still_applied(db_url: s
 CONSOLE_INDEXES = {"ix_events_state_id", "ix_events_source_id", "ix_events_agent_id", "ix_events_ticket_id"}
 
 
-def test_a_version_3_database_gets_the_console_audit_started_at_and_indexes(empty_store: Store) -> None:
+def test_a_version_4_database_gets_the_console_audit_started_at_and_indexes(empty_store: Store) -> None:
     t0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
-    with empty_store.engine.begin() as conn:  # the schema as version 3 left it
+    with empty_store.engine.begin() as conn:  # the schema as version 4 left it
         metadata.create_all(conn)
         conn.execute(text("DROP TABLE audit"))
         for index in CONSOLE_INDEXES:
             conn.execute(text(f"DROP INDEX {index}"))
         conn.execute(text("ALTER TABLE events DROP COLUMN started_at"))
-        conn.execute(text("INSERT INTO events (id, source, event_id, state, detail, received_at, updated_at, raw_body, "
-                          "headers) VALUES (7, 'helpdesk', 'evt_7', 'applied', 'muted', :t, :t, :b, '{}')"),
-                     {"t": t0, "b": b"{}"})
+        conn.execute(text("INSERT INTO events (id, source, event_id, state, detail, received_at, updated_at) "
+                          "VALUES (7, 'helpdesk', 'evt_7', 'applied', 'muted', :t, :t)"), {"t": t0})
         versions_metadata.create_all(conn)
-        for version in (1, 2, 3):
+        for version in (1, 2, 3, 4):
             conn.execute(schema_versions.insert().values(version=version, description="old", applied_at=t0))
     with empty_store.transaction() as conn:
         applied = upgrade(conn)
@@ -176,5 +175,58 @@ def test_a_version_3_database_gets_the_console_audit_started_at_and_indexes(empt
         assert "audit" in inspect(conn).get_table_names()
     kept = empty_store.get(7)
     assert kept is not None and (kept.event_id, kept.state, kept.started_at) == ("evt_7", "applied", None)
+
+
+def test_a_version_3_database_moves_each_body_into_one_delivery_without_loss(empty_store: Store) -> None:
+    """Version 4 (issue 11, finding 1): events of one request share one delivery holding the body and headers once;
+    every row, body byte and time survives; dedupe keys are kept apart; the old columns go."""
+    from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, String, Table, Text, UniqueConstraint
+
+    t0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    old = MetaData()
+    Table("events", old, Column("id", Integer, primary_key=True), Column("source", String(64), nullable=False),
+          Column("event_id", String(600), nullable=False), Column("state", String(16), nullable=False),
+          Column("detail", Text, nullable=False), Column("action", String(8)), Column("ticket_id", String(512)),
+          Column("status", String(512)), Column("previous_status", String(512)), Column("agent", String(512)),
+          Column("conversation_id", String(512)), Column("occurred_at", DateTime(timezone=True)),
+          Column("received_at", DateTime(timezone=True), nullable=False),
+          Column("updated_at", DateTime(timezone=True), nullable=False), Column("claimed_at", DateTime(timezone=True)),
+          Column("signed_at", DateTime(timezone=True)), Column("message_id", String(512)),
+          Column("raw_body", LargeBinary, nullable=False), Column("headers", Text, nullable=False),
+          UniqueConstraint("source", "event_id"))
+    array, single = b'[{"eventId": 1}, {"eventId": 2}, {"eventId": 3}]', b"\xff\x00 not JSON"
+    rows = [(1, "hubspot", "1", array, t0, '{"x-a": "1"}', None), (2, "hubspot", "2", array, t0, '{"x-a": "1"}', None),
+            (3, "hubspot", "3", array, t0, '{"x-a": "1"}', None),
+            (4, "inhouse", "sha256:ab", single, t0 + timedelta(seconds=1), "{}", t0),
+            (5, "hubspot", "9", array, t0 + timedelta(seconds=2), '{"x-a": "2"}', None)]  # a new delivery, same bytes
+    with empty_store.engine.begin() as conn:
+        old.create_all(conn)
+        for pk, source, event_id, body, received, headers, signed in rows:
+            conn.execute(old.tables["events"].insert().values(
+                id=pk, source=source, event_id=event_id, state="dry_run", detail="d", received_at=received,
+                updated_at=received, signed_at=signed, message_id="m" if signed else None, raw_body=body,
+                headers=headers, occurred_at=received))
+        metadata.create_all(conn, tables=[t for t in metadata.sorted_tables
+                                          if t.name not in ("events", "deliveries", "event_keys", "processes")])
+        for version in (1, 2, 3):
+            conn.execute(schema_versions.insert().values(version=version, description="old", applied_at=t0))
+    with empty_store.transaction() as conn:
+        assert [m.version for m in upgrade(conn)] == [m.version for m in MIGRATIONS if m.version >= 4]
+        columns = {c["name"] for c in inspect(conn).get_columns("events")}
+    assert {"delivery", "claimed_by"} <= columns and not {"raw_body", "headers", "signed_at", "message_id"} & columns
+    records = {r.id: r for r in empty_store.list(limit=None)}
+    assert sorted(records) == [1, 2, 3, 4, 5] and {r.state for r in records.values()} == {"dry_run"}
+    assert records[1].delivery == records[2].delivery == records[3].delivery
+    assert len({records[1].delivery, records[4].delivery, records[5].delivery}) == 3
+    first, lone, again = (empty_store.delivery(records[pk].delivery) for pk in (1, 4, 5))
+    assert first is not None and lone is not None and again is not None
+    assert (first.raw_body, first.headers, first.received_at, first.source) == (array, {"x-a": "1"}, t0, "hubspot")
+    assert (lone.raw_body, lone.signed_at, lone.message_id) == (single, t0, "m")
+    assert (again.raw_body, again.headers) == (array, {"x-a": "2"})
+    with empty_store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar() == 3
+    [dup] = empty_store.save(empty_store.delivery(records[4].delivery).id, [  # type: ignore[union-attr]
+        NewEvent(source="inhouse", event_id="sha256:ab", state="received", detail="", received_at=t0)])
+    assert (dup.duplicate, dup.id) == (True, 4)  # the moved keys still dedupe
     with empty_store.transaction() as conn:
         assert upgrade(conn) == []

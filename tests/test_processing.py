@@ -17,7 +17,7 @@ from webhook.events import PRESETS
 from webhook.genesys.client import Applied, Target, call_gone
 from webhook.genesys.model import CLIENT_CREDENTIALS, Attempt
 from webhook.processing import Processor, age_verdict, budget_deadline
-from webhook.store import OURS, NewEvent, Store
+from webhook.store import OURS, NewDelivery, NewEvent, Store
 
 JANE = "jane.agent@example.com"
 
@@ -80,8 +80,9 @@ def processor(store: Store, clock: Clock, genesys: Any = None, **overrides: Any)
 def save(store: Store, *, status: str = "payment_in_progress", occurred: datetime = T0, event_id: str = "e1",
          agent: str = JANE, previous: str | None = "open", conversation: str | None = None) -> int:
     body = json.dumps({"event_id": event_id}).encode()
-    [saved] = store.save([NewEvent(source="helpdesk", event_id=event_id, state="received", detail="",
-                                   received_at=occurred, raw_body=body, ticket_id="48213", status=status,
+    [saved] = store.save(NewDelivery(source="helpdesk", received_at=occurred, raw_body=body),
+                         [NewEvent(source="helpdesk", event_id=event_id, state="received", detail="",
+                                   received_at=occurred, ticket_id="48213", status=status,
                                    previous_status=previous, agent=agent, conversation_id=conversation,
                                    occurred_at=occurred)])
     return saved.id
@@ -187,8 +188,9 @@ def test_an_event_is_processed_once_even_if_submitted_twice(store: Store) -> Non
 def test_an_invalid_event_is_parsed_again_on_replay_with_the_current_mapping(store: Store) -> None:
     body = json.dumps({"id": "z-1", "ticket": {"id": "5", "state": "card_capture"},
                        "agent": {"email": JANE}, "occurred_at": T0.isoformat()}).encode()
-    [saved] = store.save([NewEvent(source="helpdesk", event_id="z-1", state="invalid",
-                                   detail="required field status is missing", received_at=T0, raw_body=body)])
+    [saved] = store.save(NewDelivery(source="helpdesk", received_at=T0, raw_body=body),
+                         [NewEvent(source="helpdesk", event_id="z-1", state="invalid",
+                                   detail="required field status is missing", received_at=T0)])
     proc = processor(store, Clock(T0))
     again = proc.process(saved.id, states=("invalid",))
     assert (again.new_state, again.detail) == ("invalid", "required field status is missing (looked at ticket.status)")
@@ -345,8 +347,9 @@ def test_an_internal_error_frees_the_hold_even_for_an_event_parsed_from_its_body
     # An imported row (replay --file) has no parsed fields: the hold is found by the event, not by an agent name.
     body = json.dumps({"event_id": "imported", "occurred_at": T0.isoformat(), "agent": {"email": JANE},
                        "ticket": {"id": "48213", "status": "payment_in_progress", "previous_status": "open"}}).encode()
-    [saved] = store.save([NewEvent(source="helpdesk", event_id="imported", state="received", detail="",
-                                   received_at=T0, raw_body=body)])
+    [saved] = store.save(NewDelivery(source="helpdesk", received_at=T0, raw_body=body),
+                         [NewEvent(source="helpdesk", event_id="imported", state="received", detail="",
+                                   received_at=T0)])
 
     class Broken(StubGenesys):
         def set_muted(self, target: Target, muted: bool, *, deadline: float, record: Any = None) -> None:

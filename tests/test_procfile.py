@@ -173,3 +173,23 @@ def with_suppressed_kill(process: subprocess.Popen[bytes]) -> None:
     except (ProcessLookupError, subprocess.TimeoutExpired):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("log_format", ["json", "plain"])
+def test_the_gunicorn_master_never_imports_requests(tmp_path: Path, log_format: str) -> None:
+    """The gevent worker patches ssl after the fork; urllib3 imported before that (in the master, through the
+    config or its logger) would break every TLS request to Genesys with a RecursionError."""
+    script = ("import runpy, sys\n"
+              "from gunicorn.config import Config\n"
+              "ns = runpy.run_path('gunicorn.conf.py')\n"
+              "cfg = Config()\n"
+              "[cfg.set(k, ns[k]) for k in ('accesslog', 'errorlog', 'access_log_format')]\n"
+              "ns['logger_class'](cfg)\n"
+              "print(ns['worker_class'], sorted(m for m in ('requests', 'urllib3', 'psycopg', 'gevent') "
+              "if m in sys.modules))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("LOG_FORMAT", "PROMETHEUS_MULTIPROC_DIR")}
+    env |= {"LOG_FORMAT": log_format, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "gevent []"

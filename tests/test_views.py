@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
-from sqlalchemy import create_engine
+from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import create_engine, func, select
+from sqlalchemy import event as sa_event
 
 from tests.support.app import ROOT, SignedPost
 from tests.support.clocks import Clock
 from webhook import create_app, signatures
 from webhook.cli import freshen
 from webhook.config import Settings
-from webhook.store import NewEvent, Store
+from webhook.store import NewDelivery, NewEvent, Store, deliveries, metadata
 
 
 def sample(name: str, settings: Settings, source: str, clock: Clock) -> bytes:
@@ -40,7 +42,7 @@ def test_a_new_signed_event_is_accepted_stored_and_decided(signed_post: SignedPo
     assert (record.state, record.action, record.agent, record.status) == (
         "dry_run", "mute", "jane.agent@example.com", "payment_in_progress")
     assert record.detail.startswith("would mute jane.agent@example.com by rule 1")
-    assert record.raw_body == generic().encode()
+    assert store.delivery(record.delivery).raw_body == generic().encode()  # type: ignore[union-attr]
 
 
 def test_zendesk_sample_is_accepted_and_mapped_through_agents(signed_post: SignedPost, store: Store,
@@ -145,7 +147,8 @@ def test_a_signed_body_that_cannot_be_parsed_is_stored_invalid_and_400(signed_po
     [row] = response.json["invalid"]
     record = store.get(row["id"])
     assert record is not None
-    assert (record.state, record.raw_body) == ("invalid", b'{"ticket": {"id": "1"}}')
+    assert (record.state, store.delivery(record.delivery).raw_body) == (  # type: ignore[union-attr]
+        "invalid", b'{"ticket": {"id": "1"}}')
     assert "required field status" in record.detail
 
 
@@ -171,7 +174,7 @@ def test_stored_headers_keep_ids_but_never_signatures(signed_post: SignedPost, s
     response = signed_post("helpdesk", generic(), headers={"Authorization": "Bearer abc", "X-Request-Id": "r1"})
     record = store.get(response.json["accepted"][0]["id"])
     assert record is not None
-    lowered = {k.lower() for k in record.headers}
+    lowered = {k.lower() for k in store.delivery(record.delivery).headers}  # type: ignore[union-attr]
     assert {"webhook-id", "webhook-timestamp", "x-request-id"} <= lowered
     assert not lowered & {"webhook-signature", "authorization"}
 
@@ -190,8 +193,10 @@ def test_health_and_readiness(app: Flask, client: FlaskClient) -> None:
     ready = client.get("/readyz")
     assert (ready.status_code, ready.json["genesys"], ready.json["database"]) == (200, "dry_run", "ok")
     assert ready.json["oldest_unfinished_seconds"] is None
-    app.extensions["webhook"].store.save([NewEvent(source="inhouse", event_id="left", state="received", detail="",
-                                                   received_at=app.extensions["webhook"].clock(), raw_body=b"{}")])
+    now = app.extensions["webhook"].clock()
+    app.extensions["webhook"].store.save(NewDelivery(source="inhouse", received_at=now, raw_body=b"{}"),
+                                         [NewEvent(source="inhouse", event_id="left", state="received", detail="",
+                                                   received_at=now)])
     app.extensions["webhook"].clock.advance(7)
     assert client.get("/readyz").json["oldest_unfinished_seconds"] == 7.0
     app.extensions["webhook"].store = Store(create_engine("sqlite:////nonexistent-folder/x.db"))
@@ -210,3 +215,90 @@ def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_413(signed_pos
     at_limit = signed_post("inhouse", b" " * 262144)
     assert at_limit.status_code == 400 and at_limit.json["error"] == "invalid_event"  # read, signed, not JSON
     assert signed_post("inhouse", b" " * 262145).status_code == 413
+
+
+def test_a_signed_256_kib_array_of_1000_events_keeps_its_body_once(signed_post: SignedPost, store: Store,
+                                                                   clock: Clock) -> None:
+    """Issue 11, finding 1: each event of an array stored the whole body (1,000 x 256 KiB)."""
+    pad = "x" * 134
+    items = [{"eventId": n, "objectId": n, "propertyValue": "open", "ownerEmail": "jane.agent@example.com",
+              "occurredAt": int(clock().timestamp() * 1000), "pad": pad} for n in range(1000)]
+    body = json.dumps(items, separators=(",", ":")).encode()
+    assert 240_000 < len(body) <= 262_144
+    response = signed_post("hubspot", body)
+    assert response.status_code == 202 and len(response.json["accepted"]) == 1000
+    with store.engine.connect() as conn:
+        kept = conn.execute(select(func.sum(func.length(deliveries.c.raw_body)))).scalar()
+    assert kept == len(body) <= 1.1 * 262_144
+
+
+def test_a_captured_hmac_delivery_is_a_duplicate_even_after_its_event_is_purged(
+        signed_post: SignedPost, store: Store, clock: Clock, runner: FlaskCliRunner) -> None:
+    """Issue 11, finding 3: deliver, purge, deliver the same bytes again answered 202 and "would mute"."""
+    body = generic(event_id="evt_unmute", status="open", occurred="2026-11-23T10:00:00Z")
+    assert signed_post("inhouse", body).status_code == 202
+    clock.advance(2)
+    assert "deleted 1 event(s)" in runner.invoke(args=["events", "purge", "--older-than", "1s"]).output
+    again = signed_post("inhouse", body)
+    assert (again.status_code, again.json) == (200, {"accepted": [], "duplicates": [
+        {"id": None, "source": "inhouse", "event_id": "evt_unmute"}]})
+    assert store.list(limit=None) == []
+
+
+def test_an_hmac_event_without_its_own_time_is_invalid_not_dated_at_receipt(signed_post: SignedPost,
+                                                                            store: Store) -> None:
+    """Issue 11, finding 3: a body without occurred_at was dated at receipt, so a replay counted as fresh."""
+    body = json.dumps({"event_id": "evt_no_time", "agent": {"email": "jane.agent@example.com"},
+                       "ticket": {"id": "1", "status": "open"}})
+    response = signed_post("inhouse", body)
+    assert response.status_code == 400
+    assert "required field occurred_at is missing (looked at occurred_at)" in response.json["detail"]
+    assert [r.state for r in store.list()] == ["invalid"]
+    assert signed_post("helpdesk", body.replace("evt_no_time", "evt_signed_time")).status_code == 202  # signed
+
+
+def test_a_signed_non_json_body_takes_the_signatures_delivery_id(client: FlaskClient, settings: Settings,
+                                                                 clock: Clock, store: Store) -> None:
+    """Issue 11, smaller: the webhook-id was ignored and the event stored as sha256:... (DESIGN 4.4)."""
+    headers = signatures.sign("standard", body=b"not json", secret=settings.sources["helpdesk"].secrets[0],
+                              now=clock(), message_id="msg_2LzDelivery")
+    response = client.post("/webhooks/helpdesk", data=b"not json", headers=headers)
+    assert response.status_code == 400
+    assert response.json["invalid"] == [{"id": 1, "event_id": "msg_2LzDelivery"}]
+
+
+def test_readyz_says_503_when_the_database_can_be_read_but_not_written(app: Flask, client: FlaskClient,
+                                                                     store: Store) -> None:
+    """Issue 11, finding 4: with a full disk, writes got 503 but /readyz (a read) kept saying ok."""
+    assert client.get("/readyz").status_code == 200
+    sa_event.listen(store.engine, "connect", _read_only)
+    store.engine.dispose()  # new connections: reads work, writes are refused as on a full disk
+    try:
+        assert store.counts() == {}
+        ready = client.get("/readyz")
+    finally:
+        sa_event.remove(store.engine, "connect", _read_only)
+        store.engine.dispose()
+    assert ready.status_code == 503
+    assert (ready.json["database"], ready.json["detail"]) == ("down", "the database cannot be written: "
+                                                                      "OperationalError")
+
+
+def _read_only(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA query_only = ON")
+
+
+def test_a_missing_schema_is_named_with_the_command_that_creates_it(app: Flask, client: FlaskClient, store: Store,
+                                                                   signed_post: SignedPost,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 11, finding 9: a server started before `db upgrade` said "database: down" and "check DATABASE_URL"."""
+    with store.engine.begin() as conn:
+        metadata.drop_all(conn)
+    ready = client.get("/readyz")
+    assert (ready.status_code, ready.json["database"]) == (503, "schema")
+    assert ready.json["detail"] == ("the database has no schema yet: run `flask --app wsgi db upgrade` (the "
+                                    "Procfile's release step) to create it")
+    response = signed_post("helpdesk", generic())
+    assert (response.status_code, response.headers["Retry-After"], response.json["detail"]) == (
+        503, "5", "the service's database is not set up yet (its operator runs the schema migration); retry later")
+    assert "store error: the database has no schema yet: run `flask --app wsgi db upgrade`" in caplog.text

@@ -6,9 +6,12 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import func, select
+
 from tests.support.clocks import T0, Clock
+from webhook.liveness import DEAD_AFTER_SECONDS, Liveness
 from webhook.metrics import Metrics
-from webhook.store import NewEvent, Store
+from webhook.store import NewDelivery, NewEvent, Store, processes
 from webhook.worker import Sweeper, Worker
 
 
@@ -75,8 +78,9 @@ def test_a_thread_outlives_an_unexpected_error() -> None:
 
 
 def save(store: Store, event_id: str, received: Any) -> int:
-    [saved] = store.save([NewEvent(source="inhouse", event_id=event_id, state="received", detail="",
-                                   received_at=received, raw_body=b"{}")])
+    [saved] = store.save(NewDelivery(source="inhouse", received_at=received, raw_body=b"{}"),
+                         [NewEvent(source="inhouse", event_id=event_id, state="received", detail="",
+                                   received_at=received)])
     return saved.id
 
 
@@ -96,3 +100,65 @@ def test_the_sweeper_resubmits_left_over_and_stale_events_only(sqlite_url: str) 
     assert processor.seen == [old, stuck]
     assert fresh not in processor.seen and busy not in processor.seen
     store.close()
+
+
+def test_a_claim_of_a_process_that_stopped_beating_is_taken_over_within_seconds(sqlite_url: str) -> None:
+    """Issue 11, finding 5: a killed process's claim waited for stale_claim_seconds (60 s). Now it is taken over as
+    soon as its process has missed its heartbeats for DEAD_AFTER_SECONDS (10 s), at the next beat of a live one."""
+    store = Store.from_url(sqlite_url)
+    clock = Clock()
+    try:
+        dead, live, survivor = (Liveness(store, clock) for _ in range(3))
+        held = {}
+        for name, process in (("dead", dead), ("live", live)):
+            pk = save(store, name, clock())
+            process.beat()
+            assert store.claim(pk, now=clock(), stale_before=clock() - timedelta(seconds=60), owner=process.owner,
+                               alive_after=process.alive_after(clock())) is not None
+            held[name] = pk
+        submitted: list[int] = []
+        sweeper = Sweeper(store, FakeWorker(submitted), interval=10, stale_after=60, clock=clock,  # type: ignore[arg-type]
+                          liveness=survivor)
+        clock.advance(DEAD_AFTER_SECONDS - 1)
+        live.beat()
+        assert sweeper.take_over() == []  # both beat within the last 10 s
+        clock.advance(2)  # the dead one's last beat is now 11 s old; the live one beat 2 s ago
+        assert sweeper.take_over() == [held["dead"]] == submitted
+        clock.advance(600)  # however long the live one's event takes, while it beats it keeps its claim
+        live.beat()
+        survivor.beat()
+        assert held["live"] not in sweeper.take_over()
+        assert store.claim(held["live"], now=clock(), stale_before=clock() - timedelta(days=1),
+                           owner=survivor.owner, alive_after=survivor.alive_after(clock())) is None
+        taken = store.claim(held["dead"], now=clock(), stale_before=clock() - timedelta(days=1),
+                            owner=survivor.owner, alive_after=survivor.alive_after(clock()))
+        assert taken is not None and taken.state == "processing"
+        assert store.get(held["dead"]).claimed_by == survivor.owner  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_a_process_never_takes_over_its_own_claims_and_a_stopped_one_leaves_no_row(sqlite_url: str) -> None:
+    store = Store.from_url(sqlite_url)
+    clock = Clock()
+    try:
+        me = Liveness(store, clock)
+        pk = save(store, "mine", clock())
+        me.beat()
+        store.claim(pk, now=clock(), stale_before=clock(), owner=me.owner, alive_after=me.alive_after(clock()))
+        clock.advance(30)  # my own beats are late (the database was slow): my claims are still mine
+        assert store.pending(received_before=None, stale_before=None, owner=me.owner,
+                             alive_after=me.alive_after(clock())) == []
+        me.stop()
+        with store.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(processes)).scalar() == 0
+    finally:
+        store.close()
+
+
+class FakeWorker:
+    def __init__(self, submitted: list[int]) -> None:
+        self.submitted = submitted
+
+    def submit(self, ids: list[int]) -> None:
+        self.submitted.extend(ids)

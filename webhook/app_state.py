@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,10 +15,13 @@ from webhook.config import Settings
 from webhook.crypto import TokenCipher
 from webhook.genesys.auth import CodeGrant, UserConnections
 from webhook.genesys.client import GenesysClient
+from webhook.liveness import Liveness
 from webhook.metrics import Metrics
 from webhook.processing import Processor
 from webhook.store import Store
 from webhook.worker import Sweeper, Worker
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +36,7 @@ class AppState:
     sweeper: Sweeper
     clock: Callable[[], datetime]
     metrics: Metrics
+    liveness: Liveness
     users: UserConnections | None = None
     background: bool = True
     _started: bool = field(default=False, repr=False)
@@ -43,14 +48,27 @@ class AppState:
             return
         with self._lock:
             if not self._started:
+                self.report_start()
                 self.worker.start()
                 self.sweeper.start()
+                self.liveness.start()
                 self._started = True
+
+    def report_start(self) -> None:
+        """Say in the log, once at start, what the configuration risks, and when the database has no current schema
+        (with the command that fixes it)."""
+        for warning in self.settings.warnings:
+            logger.warning(warning)
+        problem = self.store.schema_problem()
+        if problem:
+            logger.error("%s; until then every webhook is answered 503 and /readyz says so", problem)
 
     def shutdown(self) -> None:
         """Stop sweeping, let in-flight events finish, close the Genesys session and the database pool."""
         self.sweeper.stop()
         self.worker.stop()
+        if self._started:
+            self.liveness.stop()
         if self.genesys is not None:
             self.genesys.close()
         if self.users is not None:

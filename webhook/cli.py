@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import functools
 import json
 import re
@@ -21,44 +19,42 @@ import requests
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from webhook import oauth_flow, signatures
+from webhook import intake, oauth_flow, signatures
 from webhook import replay as replaying
 from webhook.app_state import AppState, genesys_client, get_state
 from webhook.config import Settings, secret_variable, source_schemes
 from webhook.crypto import generate_key
-from webhook.errors import ConfigError, GenesysError, GenesysNoIdentityError, StoreError
-from webhook.events import FieldMap, encodable, lookup, parse_time, usable_message_id
+from webhook.errors import ConfigError, GenesysError, GenesysNoIdentityError, SchemaError, StoreError
+from webhook.events import FieldMap, lookup, parse_time
 from webhook.genesys.auth import UserConnections
 from webhook.genesys.explain import explain
-from webhook.processing import REPLAYABLE, no_identity_detail
-from webhook.store import STATES, EventRecord, EventState, NewEvent, Store
-from webhook.views import stored_headers
+from webhook.intake import IMPORT_MARK, IMPORT_NOTE
+from webhook.logs import escape
+from webhook.processing import HOLD_MARGIN_SECONDS, REPLAYABLE, no_identity_detail
+from webhook.store import STATES, EventState, Store
 
-IMPORT_MARK = "x-crm-mute-bridge-import"  # a header kept with every row `replay --file` inserts
-IMPORT_NOTE = "inserted by replay --file; its signature was not verified again"
+__all__ = ["IMPORT_MARK", "IMPORT_NOTE", "escape"]  # kept importable from here (tests, other commands)
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_since(value: str | None, now: datetime) -> datetime | None:
-    """Turn "90s", "15m", "1h", "30d", "2w" or an ISO-8601 time into an aware datetime."""
+def parse_since(value: str | None, now: datetime, option: str = "--since") -> datetime | None:
+    """Turn "90s", "15m", "1h", "30d", "2w" or an ISO-8601 time into an aware datetime; a duration reaching back
+    before year 1 is refused in one line naming the option."""
     if not value:
         return None
     match = DURATION_RE.match(value.strip())
     if match:
-        return now - timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+        try:
+            return now - timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+        except OverflowError as exc:  # 1000000w, 99999999999999999999d: before year 1
+            raise click.BadParameter(f"{value!r} reaches back before year 1; give a shorter duration such as 30d",
+                                     param_hint=option) from exc
     try:
         return parse_time(value)
     except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is neither a duration such as 1h or 30d nor an ISO-8601 time") from exc
-
-
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def escape(text: str) -> str:
-    """Show control characters escaped (\\x1b), so stored text cannot drive the operator's terminal."""
-    return CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+        raise click.BadParameter(f"{value!r} is neither a duration such as 1h or 30d nor an ISO-8601 time",
+                                 param_hint=option) from exc
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], widths: dict[int, int] | None = None) -> str:
@@ -80,6 +76,7 @@ def _cell(value: Any, width: int | None) -> str:
         text = ",".join(str(v) for v in value)
     else:
         text = str(value)
+    text = escape(text)  # stored fields come from senders: never raw control characters on a terminal
     return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
@@ -190,7 +187,7 @@ def _set_path(document: dict[str, Any], path: str, value: Any) -> None:
 # ---------------------------------------------------------------- events
 
 
-events_cli = AppGroup("events", help="The event log: list, show, export.")
+events_cli = AppGroup("events", help="The event log: list, show, export, purge.")
 
 
 @events_cli.command("list")
@@ -221,14 +218,21 @@ def events_show(event_id: int, as_json: bool) -> None:
     if record is None:
         raise click.ClickException(f"no event with id {event_id}; `events list` shows the ids")
     attempts = app.store.attempts(event_id)
+    delivery = app.store.delivery(record.delivery)
+    headers = dict(delivery.headers) if delivery else {}
+    body = delivery.raw_body if delivery else b""
     if as_json:
-        doc = record.summary() | {"headers": dict(record.headers), "body": _body_text(record.raw_body),
+        doc = record.summary() | {"delivery": record.delivery, "headers": headers, "body": _body_text(body),
                                   "attempts": [a.as_json() for a in attempts]}
         click.echo(json.dumps(doc, indent=2))
         return
     for key, value in record.summary().items():
-        click.echo(f"{key:>16}: {value if value is not None else '-'}")
-    click.echo(f"{'body':>16}: {_body_text(record.raw_body)[:4000]}")
+        click.echo(f"{key:>16}: {escape(str(value)) if value is not None else '-'}")
+    click.echo(f"{'delivery':>16}: {record.delivery if record.delivery is not None else '-'}")
+    click.echo(f"{'headers':>16}: {'-' if not headers else ''}")
+    for name, value in sorted(headers.items()):
+        click.echo(f"{'':>18}{escape(name)}: {escape(value)}")
+    click.echo(f"{'body':>16}: {_shown_body(body)[:4000]}")
     if attempts:
         click.echo("\nGenesys attempts:")
         click.echo(table(["at", "request", "status", "code", "correlation id", "identity", "ms", "error"],
@@ -240,28 +244,34 @@ def _body_text(body: bytes) -> str:
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
+        import base64
+
         return "base64:" + base64.b64encode(body).decode()
+
+
+def _shown_body(body: bytes) -> str:
+    """The body for a terminal: JSON laid out again with its strings' control characters escaped (the layout's own
+    line breaks kept); anything else on one line with every control character escaped."""
+    text = _body_text(body)
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return escape(text)
+    laid_out = json.dumps(document, indent=2, ensure_ascii=False)
+    return "\n".join(escape(line) for line in laid_out.splitlines())
 
 
 @events_cli.command("export")
 @click.option("--output", "-o", type=click.File("w"), default="-", help="File to write; default standard output.")
 def events_export(output: Any) -> None:
-    """Write every stored event as JSON Lines, raw bodies included (the input of `replay --file`)."""
-    count = 0
-    for record in get_state().store.iter_events():
-        output.write(json.dumps(export_line(record)) + "\n")
-        count += 1
-    click.echo(f"exported {count} event(s)", err=True)
-
-
-def export_line(record: EventRecord) -> dict[str, Any]:
-    """Return one JSON Lines object: the summary, the headers, and the raw body (base64, and as text if UTF-8)."""
-    line = record.summary() | {"headers": dict(record.headers), "message_id": record.message_id,
-                               "signed_at": record.signed_at.isoformat() if record.signed_at else None,
-                               "raw_body_base64": base64.b64encode(record.raw_body).decode()}
-    with contextlib.suppress(UnicodeDecodeError):
-        line["raw_body"] = record.raw_body.decode("utf-8")
-    return line
+    """Write every stored delivery and its events as JSON Lines, each raw body once (the input of `replay --file`)."""
+    count = bodies = 0
+    for delivery, records in get_state().store.iter_deliveries():
+        for line in intake.export_lines(delivery, records):
+            output.write(json.dumps(line) + "\n")
+        count += len(records)
+        bodies += 1
+    click.echo(f"exported {count} event(s) from {bodies} delivery(ies)", err=True)
 
 
 @events_cli.command("purge")
@@ -274,11 +284,17 @@ def events_purge(older_than: str | None, batch: int) -> None:
     spec = older_than or f"{app.settings.keep_days:g}d"
     if not DURATION_RE.match(spec.strip()):
         raise click.BadParameter(f"{spec!r} is not a duration such as 30d, 12h or 2w", param_hint="--older-than")
-    cutoff = parse_since(spec, now)
+    cutoff = parse_since(spec, now, "--older-than")
     assert cutoff is not None
-    deleted = app.store.purge(before=cutoff, batch=batch)
+    # An agent's ordering slot guards against events older than its last one; past the age limit (and any hold)
+    # every such event is expired anyway, so a slot whose event is gone and older than that guards nothing.
+    horizon = now - timedelta(seconds=app.settings.max_event_age_seconds + app.settings.retry_budget_seconds
+                              + HOLD_MARGIN_SECONDS)
+    deleted = app.store.purge(before=cutoff, batch=batch, keep_slots_after=horizon)
+    keys = app.store.purge_keys(before=now - timedelta(days=app.settings.keep_keys_days))
     app.store.purge_oauth_states(before=now)  # sign-ins and service-user links that can no longer be used
-    click.echo(f"deleted {deleted} event(s) received before {cutoff.isoformat(timespec='seconds')}")
+    click.echo(f"deleted {deleted} event(s) received before {cutoff.isoformat(timespec='seconds')}"
+               + (f"; forgot {keys} dedupe key(s) older than {app.settings.keep_keys_days:g} days" if keys else ""))
 
 
 # ---------------------------------------------------------------- db
@@ -359,7 +375,13 @@ def replay_command(ids: tuple[int, ...], state: EventState | None, source: str |
     if not (ids or state or source or since or file):
         raise click.UsageError("name the events: IDs, --state, --source, --since or --file")
     targets, problems = _replay_targets(app, ids, state, source, since, file, dry_run)
-    outcomes = replaying.replay(app.processor, targets, dry_run=dry_run, force=force)
+    if not dry_run:
+        app.liveness.start()  # this process's claims must not look abandoned to the service's sweepers
+    try:
+        outcomes = replaying.replay(app.processor, targets, dry_run=dry_run, force=force)
+    finally:
+        if not dry_run:
+            app.liveness.stop()
     click.echo(table(replaying.COLUMNS, [replaying.row(o) for o in outcomes]
                      + [(where, None, "-", "unreadable", why) for where, why in problems]))
     bad = replaying.failed(outcomes)
@@ -373,77 +395,16 @@ def _replay_targets(app: AppState, ids: tuple[int, ...], state: EventState | Non
                     since: str | None, file: str | None, dry_run: bool) -> tuple[list[int], list[tuple[str, str]]]:
     problems: list[tuple[str, str]] = []
     if file:
-        lines, problems = read_export(Path(file))
-        targets = [_import(app.store, line, dry_run) for line in lines]
+        lines, problems = intake.read_export(Path(file))
+        imported: dict[int, int] = {}
+        targets = [intake.import_line(app.store, line, dry_run=dry_run, settings=app.settings, now=app.clock(),
+                                      imported=imported) for line in lines]
         return [t for t in targets if t is not None], problems
     records = app.store.list(state=state, source=source, since=parse_since(since, app.clock()), limit=None,
                              ids=list(ids) or None)
     found = {r.id for r in records}
     problems = [(f"id {pk}", "no such event") for pk in ids if pk not in found]
     return sorted(found), problems
-
-
-def read_export(path: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """Read `events export` JSON Lines; return the usable lines and (line, reason) for each unusable one."""
-    good: list[dict[str, Any]] = []
-    bad: list[tuple[str, str]] = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                good.append(_export_line(raw))
-            except ValueError as exc:
-                bad.append((f"line {number}", str(exc)))
-    return good, bad
-
-
-def _export_line(raw: bytes) -> dict[str, Any]:
-    try:
-        line = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ValueError("not a JSON object in UTF-8") from exc
-    if not isinstance(line, dict):
-        raise ValueError("not a JSON object")
-    for key, longest in (("source", 64), ("event_id", 600)):  # the columns' sizes
-        if not isinstance(line.get(key), str) or not line[key]:
-            raise ValueError(f"{key} is missing or not a string")
-        if len(line[key]) > longest or "\x00" in line[key] or not encodable(line[key]):
-            raise ValueError(f"{key} is longer than {longest} characters, or holds a NUL or an unpaired surrogate")
-    if isinstance(line.get("raw_body_base64"), str):
-        try:
-            line["body"] = base64.b64decode(line["raw_body_base64"], validate=True)
-        except ValueError as exc:
-            raise ValueError("raw_body_base64 is not base64") from exc
-    elif isinstance(line.get("raw_body"), str):
-        line["body"] = line["raw_body"].encode("utf-8", "surrogatepass")
-    else:
-        raise ValueError("raw_body_base64 (or raw_body) is missing")
-    for key in ("received_at", "signed_at"):
-        try:
-            line[key] = parse_time(line[key]) if line.get(key) else None
-        except ValueError as exc:
-            raise ValueError(f"{key} is not a time") from exc
-    return line
-
-
-def _import(store: Store, line: dict[str, Any], dry_run: bool) -> int | None:
-    """Return the id of an exported event, inserting it (to be parsed on replay) when the database lacks it.
-
-    A file carries no signature to check again (signatures are never stored), so the row keeps IMPORT_MARK among
-    its headers for good: whoever reads it later can tell it came from a file, not a verified request."""
-    existing = store.find(line["source"], line["event_id"])
-    if existing is not None or dry_run:
-        return existing.id if existing else None
-    headers = line["headers"] if isinstance(line.get("headers"), dict) else {}
-    message_id = usable_message_id(line.get("message_id") if isinstance(line.get("message_id"), str) else None)
-    source = get_state().settings.sources.get(line["source"])
-    kept = stored_headers(((str(k), str(v)) for k, v in headers.items()), source.header if source else "")
-    [saved] = store.save([NewEvent(
-        source=line["source"], event_id=line["event_id"], state="received", detail="imported by replay --file",
-        received_at=line["received_at"] or get_state().clock(), raw_body=line["body"],
-        headers=kept | {IMPORT_MARK: IMPORT_NOTE}, signed_at=line["signed_at"], message_id=message_id)])
-    return saved.id
 
 
 # ---------------------------------------------------------------- agent, genesys
@@ -632,6 +593,8 @@ def store_errors_named(command: click.Command) -> click.Command:
     def named(*args: Any, **kwargs: Any) -> Any:
         try:
             return callback(*args, **kwargs)
+        except SchemaError as exc:
+            raise click.ClickException(str(exc)) from exc
         except StoreError as exc:
             raise click.ClickException(f"{exc}; check DATABASE_URL and that the database is running") from exc
 

@@ -18,7 +18,7 @@ from webhook.genesys.model import IDENTITY_KINDS, IdentityKind
 from webhook.genesys.ratelimit import DEFAULT_REQUESTS_PER_MINUTE, MIN_REQUESTS_PER_MINUTE
 from webhook.regions import region_hosts
 from webhook.rules import Rule, rule_from_table
-from webhook.signatures import DEFAULT_HMAC_HEADER, SCHEMES
+from webhook.signatures import DEFAULT_HMAC_HEADER, SCHEMES, TIMESTAMPED_SCHEMES
 
 DEFAULT_CONFIG = "config/webhook.toml"
 DEFAULT_DATABASE_URL = "sqlite:///instance/webhook.db"
@@ -133,10 +133,12 @@ class Settings:
     max_pause_seconds: float = 0.0
     config_path: str = DEFAULT_CONFIG
     keep_days: float = 30.0
+    keep_keys_days: float = 400.0  # dedupe keys outlive the events: a captured delivery stays a duplicate
     metrics_token: str | None = field(default=None, repr=False)
     log_format: str = "plain"
     log_level: str = "INFO"
     console: Console = field(default_factory=Console)
+    warnings: tuple[str, ...] = ()  # not problems: risks the operator should know of, logged at start-up
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, config_path: str | None = None) -> Settings:
@@ -162,6 +164,17 @@ def source_schemes(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     if not isinstance(sources, dict):
         return {}
     return {name: str(table.get("scheme", "")) for name, table in sources.items() if isinstance(table, dict)}
+
+
+def unsigned_time_warnings(sources: Mapping[str, Source]) -> tuple[str, ...]:
+    """Warn of each source whose scheme signs no timestamp and whose mapping reads no event time: its events are
+    dated at receipt, so nothing but the dedupe key tells a captured delivery replayed later from a new one."""
+    return tuple(
+        f"source {name}: scheme {src.scheme} signs no timestamp and its mapping has no occurred_at, so its events "
+        "are dated when they arrive: a captured delivery replayed after its dedupe key is forgotten "
+        "([retention] keep_keys_days) would be acted on as new; map the body's event time as occurred_at"
+        for name, src in sorted(sources.items())
+        if src.scheme not in TIMESTAMPED_SCHEMES and not src.mapping.occurred_at)
 
 
 def secret_variable(source: str) -> str:
@@ -199,7 +212,7 @@ class _Loader:
             self.problem(key, f"unknown section; the file has {', '.join(TOP_KEYS)}")
         intake = self.table(doc, "intake", ("max_body_bytes", "trusted_proxies"))
         processing = self.table(doc, "processing", PROCESSING_KEYS)
-        retention = self.table(doc, "retention", ("keep_days",))
+        retention = self.table(doc, "retention", ("keep_days", "keep_keys_days"))
         genesys = self.table(doc, "genesys", ("requests_per_minute", "act_as", "confirm"))
         console = self.table(doc, "console", CONSOLE_KEYS)
         settings = Settings(
@@ -215,6 +228,7 @@ class _Loader:
                for name, (default, kind, low, high) in PROCESSING_KEYS.items()},
             metrics_token=self.env.get("METRICS_TOKEN", "").strip() or None,
             keep_days=self.number(retention, "retention.keep_days", 30.0, float, 1, 36500),
+            keep_keys_days=self.number(retention, "retention.keep_keys_days", 400.0, float, 365, 36500),
             config_path=self.path,
             log_format=self.choice("LOG_FORMAT", ("plain", "json"), "plain"),
             log_level=self.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
@@ -225,9 +239,12 @@ class _Loader:
                          f"must be more than retry_budget_seconds + {CLAIM_MARGIN_SECONDS:g} "
                          f"({settings.retry_budget_seconds + CLAIM_MARGIN_SECONDS:g}), or a live event could be "
                          "taken over and acted on twice")
+        if settings.keep_keys_days < settings.keep_days:
+            self.problem("retention.keep_keys_days", f"must be at least keep_days ({settings.keep_days:g}): a "
+                         "delivery whose event is purged must still be recognised as a duplicate")
         if self.problems:
             raise ConfigError(self.problems)
-        return settings
+        return replace(settings, warnings=unsigned_time_warnings(settings.sources))
 
     def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
         value = self.env.get(name, "").strip() or default

@@ -28,6 +28,10 @@ class StoreError(WebhookError):
     """The database cannot be read or written (answered 503 with Retry-After)."""
 
 
+class SchemaError(StoreError):
+    """The database has no schema, or an older one than this code needs; the message names the command to run."""
+
+
 class GenesysError(WebhookError):
     """Genesys Cloud refused or failed a request."""
 

@@ -50,6 +50,7 @@ class Envelope:
     received_at: datetime
     signed_at: datetime | None = None
     message_id: str | None = None
+    unsigned_time: bool = False  # the scheme signs no timestamp: the body's occurred_at is the only signed time
 
 
 @dataclass(frozen=True)
@@ -127,16 +128,17 @@ def parse(
 ) -> list[TicketEvent | InvalidItem]:
     """Turn a signed body into events; a JSON array yields one per element; what cannot be parsed is an InvalidItem."""
     digest = hashlib.sha256(body).hexdigest()
+    whole = envelope.message_id or f"sha256:{digest}"  # the signature's id header first (DESIGN 4.4)
     try:
         document = _load_json(body)
     except EventError as exc:
-        return [InvalidItem(envelope.source, f"sha256:{digest}", str(exc))]
+        return [InvalidItem(envelope.source, whole, str(exc))]
     if isinstance(document, list):
         if not document:
-            return [InvalidItem(envelope.source, f"sha256:{digest}", "the body is an empty JSON array")]
+            return [InvalidItem(envelope.source, whole, "the body is an empty JSON array")]
         if len(document) > MAX_ITEMS:
             reason = f"the body holds {len(document)} events; at most {MAX_ITEMS} are accepted in one delivery"
-            return [InvalidItem(envelope.source, f"sha256:{digest}", reason)]
+            return [InvalidItem(envelope.source, whole, reason)]
         return [_parse_item(item, i, digest, mapping, envelope, agents or {}) for i, item in enumerate(document)]
     return [_parse_item(document, None, digest, mapping, envelope, agents or {})]
 
@@ -174,17 +176,23 @@ def _parse_item(
     event_id = fallback_id
     try:
         event_id = _text(item, mapping.event_id, "event_id") or fallback_id
-        occurred = _time(item, mapping.occurred_at) or envelope.signed_at or envelope.received_at
-        return TicketEvent(
+        occurred = _time(item, mapping.occurred_at) or envelope.signed_at
+        event = TicketEvent(
             source=envelope.source,
             event_id=event_id,
-            occurred_at=occurred,
+            occurred_at=occurred or envelope.received_at,
             ticket_id=_required(item, mapping.ticket_id, "ticket_id"),
             status=_required(item, mapping.status, "status").lower(),
             previous_status=_lower(_text(item, mapping.previous_status, "previous_status")),
             agent=resolve_agent(_required(item, mapping.agent, "agent"), envelope.source, agents),
             conversation_id=_text(item, mapping.conversation_id, "conversation_id"),
         )
+        if occurred is None and envelope.unsigned_time and mapping.occurred_at:
+            # Dated at receipt, a captured delivery replayed later would look fresh to the age and ordering guards.
+            raise EventError(f"required field occurred_at is missing (looked at {', '.join(mapping.occurred_at)}): "
+                             "this source's signature carries no timestamp, so the time the guards use must come "
+                             "from the signed body; send the time the ticket changed")
+        return event
     except EventError as exc:
         return InvalidItem(envelope.source, event_id, f"{where}{exc}")
 

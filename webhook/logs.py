@@ -16,6 +16,16 @@ from flask import Flask, g, has_request_context, request
 FIELDS = ("request_id", "source", "event", "state", "correlation_id", "status")
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")  # what routers send; anything else is replaced
+# What a terminal or a log reader would obey rather than show: C0 and C1 controls, DEL, and the Unicode line
+# separators and bidirectional overrides (which reorder what a terminal or an editor shows).
+CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def escape(text: str) -> str:
+    """Show control characters escaped (\\x1b, \\u202e), so that text from senders cannot drive the operator's
+    terminal or forge a log line."""
+    return CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                          else f"\\u{ord(m.group()):04x}", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,16 +49,26 @@ class JsonFormatter(logging.Formatter):
 
 
 class PlainFormatter(logging.Formatter):
-    """Formats a record as a readable line with the known extra fields appended as key=value."""
+    """Formats a record as a readable line with the known extra fields appended as key=value; control characters in
+    the message and the fields are shown escaped, so that one record is always one line (plus its traceback)."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    def __init__(self, fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
+        super().__init__(fmt)
 
     def format(self, record: logging.LogRecord) -> str:
         """Return the record as one line (plus a traceback when there is one)."""
-        extras = " ".join(f"{n}={getattr(record, n)}" for n in FIELDS if getattr(record, n, None) is not None)
-        line = super().format(record)
-        return f"{line} [{extras}]" if extras else line
+        extras = " ".join(f"{n}={escape(str(getattr(record, n)))}" for n in FIELDS
+                          if getattr(record, n, None) is not None)
+        record.message = escape(record.getMessage())
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        if extras:
+            line = f"{line} [{extras}]"
+        if record.exc_info:
+            trace = self.formatException(record.exc_info)
+            line += "\n" + "\n".join(escape(part) for part in trace.splitlines())
+        return line
 
 
 class RequestIdFilter(logging.Filter):

@@ -18,9 +18,11 @@ from webhook.genesys.auth import TOKEN_PATH
 from webhook.genesys.client import CONFIRM_SECONDS, Applied, GenesysClient
 from webhook.genesys.explain import RULE_FACT, explain
 from webhook.genesys.model import Attempt
+from webhook.liveness import Liveness
 from webhook.metrics import Metrics
 from webhook.rules import Decision, Recording, decide
-from webhook.store import BUSY, OLDER, OURS, EventRecord, EventState, FinalState, NewEvent, Store, Undo
+from webhook.signatures import TIMESTAMPED_SCHEMES
+from webhook.store import BUSY, OLDER, OURS, EventRecord, EventState, FinalState, NewDelivery, NewEvent, Store, Undo
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +109,10 @@ class Processor:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         metrics: Metrics | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.liveness = liveness or Liveness(store, clock)
         self.store = store
         self.settings = settings
         self.genesys = genesys
@@ -124,9 +128,11 @@ class Processor:
     def process(self, event_pk: int, *, states: tuple[EventState, ...] = ("received",),
                 force: bool = False) -> Outcome:
         """Claim the event and carry it to a final state; the outcome says what happened and why."""
+        self.liveness.ensure()
         now = self.clock()
         stale = now - timedelta(seconds=self.settings.stale_claim_seconds)
-        before = self.store.claim(event_pk, now=now, stale_before=stale, states=states)
+        before = self.store.claim(event_pk, now=now, stale_before=stale, states=states, owner=self.liveness.owner,
+                                  alive_after=self.liveness.alive_after(now))
         if before is None:
             current = self.store.get(event_pk)
             if current is None:
@@ -172,7 +178,9 @@ class Processor:
                                    occurred_at=event.occurred_at, now=now,
                                    max_age=self.settings.max_event_age_seconds,
                                    force=force or event.source == SAFETY_SOURCE) if self.live else None
-        plan = self._plan(event, record.id, now, force, write=True, deadline=deadline)
+        # Only a live run takes the agent's ordering slot: a dry run acts on nothing, so it must not make a later
+        # event look older than one "already acted on".
+        plan = self._plan(event, record.id, now, force, write=self.live, deadline=deadline)
         if plan.state is not None:
             return Result(plan.action, plan.state, plan.detail, fields)
         if deadline is None:
@@ -191,8 +199,12 @@ class Processor:
         source = self.settings.sources.get(record.source)
         if source is None:
             return InvalidItem(record.source, record.event_id, f"source {record.source} is no longer configured")
-        envelope = Envelope(record.source, record.received_at, record.signed_at, record.message_id)
-        items = events_mod.parse(record.raw_body, source.mapping, envelope, self.settings.agents)
+        delivery = self.store.delivery(record.delivery)
+        if delivery is None:
+            return InvalidItem(record.source, record.event_id, "its delivery (the stored body) is missing")
+        envelope = Envelope(record.source, record.received_at, delivery.signed_at, delivery.message_id,
+                            unsigned_time=source.scheme not in TIMESTAMPED_SCHEMES)
+        items = events_mod.parse(delivery.raw_body, source.mapping, envelope, self.settings.agents)
         match = [i for i in items if i.event_id == record.event_id] or (items if len(items) == 1 else [])
         if not match:
             return InvalidItem(record.source, record.event_id, "the body no longer yields this event id")
@@ -359,13 +371,14 @@ def safety_decision(event: TicketEvent) -> Decision | None:
     return Decision("none", None, "the safety limit ([processing] max_pause_seconds)", "resume")
 
 
-def safety_event(undo: Undo, now: datetime) -> NewEvent:
-    """Return the stored event that undoes a mute or a pause nothing else undid (source "safety")."""
+def safety_event(undo: Undo, now: datetime) -> tuple[NewDelivery, NewEvent]:
+    """Return the delivery and the stored event that undo a mute or a pause nothing else undid (source "safety")."""
     body = json.dumps({"undo": undo.kind, "event": undo.event, "agent": undo.agent,
                        "conversation_id": undo.conversation_id, "due_at": undo.due_at.isoformat()}).encode()
-    return NewEvent(source=SAFETY_SOURCE, event_id=f"undo-{undo.kind}-{undo.event}", state="received", detail="",
-                    received_at=now, raw_body=body, ticket_id=f"event {undo.event}", status=UNDO_STATUS[undo.kind],
-                    agent=undo.agent, conversation_id=undo.conversation_id, occurred_at=undo.due_at)
+    return (NewDelivery(source=SAFETY_SOURCE, received_at=now, raw_body=body),
+            NewEvent(source=SAFETY_SOURCE, event_id=f"undo-{undo.kind}-{undo.event}", state="received", detail="",
+                     received_at=now, ticket_id=f"event {undo.event}", status=UNDO_STATUS[undo.kind],
+                     agent=undo.agent, conversation_id=undo.conversation_id, occurred_at=undo.due_at))
 
 
 def _no_longer_left(located: Applied | None, muted: bool | None, event: TicketEvent) -> str | None:

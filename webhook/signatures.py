@@ -44,6 +44,7 @@ class Headers(Protocol):
     def __getitem__(self, key: str, /) -> str: ...
 
 SCHEMES: frozenset[str] = frozenset({"standard", "zendesk", "hubspot-v3", "hmac-sha256"})
+TIMESTAMPED_SCHEMES: frozenset[str] = frozenset({"standard", "zendesk", "hubspot-v3"})  # sign a timestamp
 DEFAULT_HMAC_HEADER = "X-Hub-Signature-256"
 
 ZENDESK_SIGNATURE = "X-Zendesk-Webhook-Signature"

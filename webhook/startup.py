@@ -37,8 +37,10 @@ def wsgi_app() -> Flask:
     settings = load_settings(cli=cli)
     if isinstance(settings, ConfigError):
         listed = configured()
-        print(f"{settings}\n(only `flask --app wsgi init` works until these are fixed)\n" if listed else
-              "no .env here yet: `flask --app wsgi init` writes one with fresh secrets\n", file=sys.stderr)
+        if listed:
+            print(f"{settings}\n(only `flask --app wsgi init` works until these are fixed)\n", file=sys.stderr)
+        elif "init" not in sys.argv[1:]:  # not while init is writing it
+            print("no .env here yet: `flask --app wsgi init` writes one with fresh secrets\n", file=sys.stderr)
         return setup_app(settings, listed=listed)
     # Under `flask <command>` stdout is the command's output (tables, JSON): logs go to stderr there.
     return create_app(settings, log_stream=sys.stderr if cli else sys.stdout)

@@ -1,4 +1,5 @@
-"""The only SQL of the service (SQLAlchemy Core): events, their Genesys attempts, and per-agent ordering state."""
+"""The only SQL of the service (SQLAlchemy Core): deliveries and their events, the Genesys attempts, per-agent
+ordering state, the processes that hold claims, and the users' connections."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import builtins  # in Store, "list" is the method: annotations there say builtin
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import psycopg
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -35,6 +39,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     or_,
     select,
     text,
@@ -44,7 +49,7 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.elements import TextClause
 
-from webhook.errors import StoreError
+from webhook.errors import SchemaError, StoreError
 from webhook.events import UUID_RE
 from webhook.genesys.model import Attempt
 from webhook.genesys.model import Connection as UserConnection
@@ -99,10 +104,9 @@ events = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("claimed_at", UTCDateTime()),
     Column("started_at", UTCDateTime()),  # when the run that finished the event claimed it (the console's timeline)
-    Column("signed_at", UTCDateTime()),
-    Column("message_id", String(512)),
-    Column("raw_body", LargeBinary, nullable=False),
-    Column("headers", Text, nullable=False, default="{}"),
+    # The delivery (request) the event came in: its body and headers are stored once there, however many events.
+    Column("delivery", Id, ForeignKey("deliveries.id"), index=True),
+    Column("claimed_by", String(64)),  # the process (processes.id) holding the claim while processing
     UniqueConstraint("source", "event_id", name="uq_events_source_event_id"),
     Index("ix_events_state_received", "state", "received_at"),
     Index("ix_events_received", "received_at"),
@@ -114,6 +118,56 @@ events = Table(
     # Row ids order ties between events and name events in `replay ID`: SQLite must never hand one out twice.
     sqlite_autoincrement=True,
 )
+
+# One row per signed request kept: the raw body and the stored headers, once, for all the events it holds (a JSON
+# array of 1,000 events is one row here and 1,000 in events). An unparseable body is a delivery with one invalid event.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("signed_at", UTCDateTime()),
+    Column("message_id", String(512)),
+    Column("raw_body", LargeBinary, nullable=False),
+    Column("headers", Text, nullable=False, default="{}"),
+    Index("ix_deliveries_received", "received_at"),
+    sqlite_autoincrement=True,
+)
+
+# The dedupe keys of every event received, kept longer than the events ([retention] keep_keys_days, a year at least):
+# a captured delivery of a scheme without a signed timestamp stays a duplicate after `events purge` removed its event.
+event_keys = Table(
+    "event_keys",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("event_id", String(600), primary_key=True),
+    Column("seen_at", UTCDateTime(), nullable=False),
+    Index("ix_event_keys_seen", "seen_at"),
+)
+
+# The processes that claim events (gunicorn workers, `replay`), each proving it is alive every few seconds. A claim
+# whose process stopped beating is taken over at once; a live process's claim never is.
+processes = Table(
+    "processes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("beat_at", UTCDateTime(), nullable=False),
+)
+
+# The schema's version, written by webhook.migrations (`flask --app wsgi db upgrade`).
+schema_versions = Table(
+    "schema_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("description", String(200), nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+SCHEMA_VERSION = 6  # the version this code needs: the last of webhook.migrations.MIGRATIONS
+UPGRADE_COMMAND = "flask --app wsgi db upgrade"
 
 attempts = Table(
     "attempts",
@@ -220,6 +274,7 @@ CLAIMED_FROM = "claimed from "  # the detail of an event while it is processing:
 
 # The statements of the per-event path, built once: SQLAlchemy then reuses their cache keys and compiled forms.
 _GET = select(events).where(events.c.id == bindparam("pk"))
+_DELIVERY = select(deliveries).where(deliveries.c.id == bindparam("pk"))
 _FIND_KEY = select(events.c.id, events.c.state).where(events.c.source == bindparam("source"),
                                                       events.c.event_id == bindparam("event_id"))
 # Claim an event as it was just read (compare and set): its state is unchanged and, for a processing event, so is
@@ -229,12 +284,20 @@ _CLAIM = update(events).where(
     events.c.id == bindparam("pk"), events.c.state == bindparam("seen"),
     or_(events.c.state != "processing", events.c.claimed_at == bindparam("seen_claimed", type_=UTCDateTime())),
 ).values(state="processing", claimed_at=bindparam("now", type_=UTCDateTime()),
-         updated_at=bindparam("now", type_=UTCDateTime()), detail=bindparam("claimed_from"))
+         updated_at=bindparam("now", type_=UTCDateTime()), detail=bindparam("claimed_from"),
+         claimed_by=bindparam("owner", type_=String()))
+_BEAT = text(
+    "INSERT INTO processes (id, host, pid, started_at, beat_at) VALUES (:owner, :host, :pid, :started, :now) "
+    "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at"
+).bindparams(bindparam("owner", type_=String()), bindparam("host", type_=String()), bindparam("pid"),
+             bindparam("started", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
+_ALIVE = select(processes.c.id).where(processes.c.id == bindparam("owner"),
+                                      processes.c.beat_at >= bindparam("alive_after", type_=UTCDateTime()))
 _FINISH_CLAIMED = update(events).where(
     events.c.id == bindparam("pk"), events.c.state == "processing",
     events.c.claimed_at == bindparam("claimed", type_=UTCDateTime()),
 ).values(state=bindparam("new_state"), detail=bindparam("new_detail"), action=bindparam("new_action"),
-         updated_at=bindparam("now", type_=UTCDateTime()), claimed_at=None,
+         updated_at=bindparam("now", type_=UTCDateTime()), claimed_at=None, claimed_by=None,
          started_at=bindparam("claimed", type_=UTCDateTime()))
 # Take an agent's slot in one statement (the same text on SQLite and PostgreSQL): a new agent gets a row; a known
 # one moves only to a newer (occurred_at, event) and only when no other event holds it (or its hold ran out).
@@ -257,6 +320,18 @@ OURS, OLDER, BUSY = "ours", "older", "busy"
 
 
 @dataclass(frozen=True)
+class NewDelivery:
+    """A signed request to keep once: its raw body, the headers worth keeping, and what its signature said."""
+
+    source: str
+    received_at: datetime
+    raw_body: bytes = field(repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    signed_at: datetime | None = None
+    message_id: str | None = None
+
+
+@dataclass(frozen=True)
 class NewEvent:
     """A row to insert at intake: a parsed event, or an invalid body with its reason in `detail`."""
 
@@ -265,32 +340,42 @@ class NewEvent:
     state: EventState
     detail: str
     received_at: datetime
-    raw_body: bytes = field(repr=False)
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     ticket_id: str | None = None
     status: str | None = None
     previous_status: str | None = None
     agent: str | None = None
     conversation_id: str | None = None
     occurred_at: datetime | None = None
-    signed_at: datetime | None = None
-    message_id: str | None = None
 
 
 @dataclass(frozen=True)
 class Saved:
-    """The outcome of saving one NewEvent: its row id and whether it was already stored."""
+    """The outcome of saving one NewEvent: its row id and whether it was already stored (id None: it was received
+    before and its row has since been purged; its dedupe key is kept)."""
 
-    id: int
+    id: int | None
     source: str
     event_id: str
     duplicate: bool
-    state: EventState
+    state: EventState | Literal["purged"]  # purged: a duplicate whose event row is gone, its dedupe key kept
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A stored request: the raw body and headers its events came with."""
+
+    id: int
+    source: str
+    received_at: datetime
+    signed_at: datetime | None
+    message_id: str | None
+    raw_body: bytes = field(repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
 class EventRecord:
-    """A stored event as read back from the database."""
+    """A stored event as read back from the database (its body is its delivery's: Store.delivery)."""
 
     id: int
     source: str
@@ -307,10 +392,8 @@ class EventRecord:
     received_at: datetime
     updated_at: datetime
     claimed_at: datetime | None
-    signed_at: datetime | None
-    message_id: str | None
-    raw_body: bytes = field(repr=False)
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    delivery: int | None = None
+    claimed_by: str | None = None
     started_at: datetime | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -354,25 +437,45 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+# Time limits on the database: a request must be answered, 503 when need
+# be, within 5 s however the database behaves; /readyz within 2 s.
+UNIT_SECONDS = 3.0  # a unit of work waits at most this long for the database's answers, connecting included
+CONNECT_SECONDS = 2  # PostgreSQL's connect timeout (libpq's smallest)
+POOL_SECONDS = 1.5  # the wait for a pooled connection when every one is in use
+READY_SECONDS = 1.5  # /readyz's write probe
+BULK_SECONDS = 120.0  # a purge batch, an export batch
+MIGRATION_SECONDS = 3600.0
+SQLITE_BUSY_SECONDS = 3.0  # how long SQLite waits for another process's write lock
+_DEADLINE: ContextVar[float | None] = ContextVar("store_deadline", default=None)
+
+
 class Store:
     """Events, attempts and ordering state in one SQL database (SQLite locally, PostgreSQL in production)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, timeout: float = UNIT_SECONDS) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        # SQLite hands the new row id back as lastrowid: without RETURNING, the insert runs and commits in one step.
-        self._insert_event = self._insert_ignore(events, ["source", "event_id"],
-                                                 returning=None if self.dialect == "sqlite" else "id")
+        self.timeout = timeout  # the longest a unit of work may wait for the database, by default
+        # SQLite hands the new row id back as lastrowid: without RETURNING, the insert runs in one step.
+        returning = None if self.dialect == "sqlite" else "id"
+        self._insert_event = self._insert_ignore(events, ["source", "event_id"], returning=returning)
+        self._insert_key = self._insert_ignore(event_keys, ["source", "event_id"])
+        self._insert_delivery = self._insert(deliveries, returning=returning)
+        self._save_single = _save_single_statement() if self.dialect == "postgresql" else None
 
     @classmethod
     def from_url(cls, url: str) -> Store:
-        """Open a store; SQLite files get their folder, WAL mode and a busy timeout."""
+        """Open a store with time limits: SQLite files get their folder, WAL mode and a busy timeout; PostgreSQL a
+        connect timeout, a statement timeout, and a deadline on every answer (see _tx)."""
         if url.startswith("sqlite"):
             _make_sqlite_folder(url)
-            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=5)
+            engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, pool_timeout=POOL_SECONDS,
+                                   connect_args={"connect_timeout": CONNECT_SECONDS,
+                                                 "options": f"-c statement_timeout={int(UNIT_SECONDS * 1000)}"})
+            event.listen(engine, "do_connect", _guarded_connect)
         return cls(engine)
 
     def close(self) -> None:
@@ -380,7 +483,7 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def _tx(self, *, atomic: bool = False) -> Iterator[Connection]:
+    def _tx(self, *, atomic: bool = False, timeout: float | None = None) -> Iterator[Connection]:
         """One unit of work on a pooled connection, committed at the end and rolled back on an error.
 
         On SQLite the driver does not open transactions (see _sqlite_pragmas): each statement commits on its own,
@@ -388,42 +491,99 @@ class Store:
         unit of several writes that must stand or fall together passes atomic=True: BEGIN IMMEDIATE takes the
         write lock up front (a read-then-write transaction could otherwise fail to upgrade when another process
         wrote in between). On PostgreSQL every unit is one transaction.
+
+        The unit has `timeout` seconds (default self.timeout) for the database to answer, its connection included:
+        a server that hangs (stopped, out of disk, behind a dead network path) ends it with StoreError instead of
+        holding the request, and the connection is dropped. A longer unit (purge, export) says so.
         """
+        limit = self.timeout if timeout is None else timeout
+        token = _DEADLINE.set(time.monotonic() + limit)
         try:
             with self.engine.begin() as conn:
                 if atomic and self.dialect == "sqlite":
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
+                if self.dialect == "postgresql" and limit != UNIT_SECONDS:
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(limit * 1000)}")
                 yield conn
         except SQLAlchemyError as exc:
             refused = getattr(exc, "orig", None)
             if not isinstance(exc, DBAPIError) and isinstance(refused, ValueError):
                 # Refused before it reached the database (a naive datetime): the caller's bug, not an outage.
                 raise ValueError(str(refused)) from exc
+            problem = self.schema_problem() if _missing_schema(exc) else None
+            if problem:
+                logger.error("store error: %s", problem)
+                raise SchemaError(problem) from exc
             logger.warning("store error: %s", type(exc).__name__)
             raise StoreError(f"the database cannot be used: {type(exc).__name__}") from exc
+        finally:
+            _DEADLINE.reset(token)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A connection whose statements commit together or not at all (for migrations)."""
-        with self._tx(atomic=True) as conn:
+        """A connection whose statements commit together or not at all, with no time limit (for migrations)."""
+        with self._tx(atomic=True, timeout=MIGRATION_SECONDS) as conn:
             yield conn
 
     def create_schema(self) -> None:
-        """Create the tables that do not exist yet (idempotent)."""
-        with self._tx(atomic=True) as conn:
-            metadata.create_all(conn)
+        """Create the tables and stamp the schema's version, as `db upgrade` does on a new database (idempotent)."""
+        from webhook.migrations import upgrade
+
+        with self.transaction() as conn:
+            upgrade(conn)
+
+    def schema_problem(self) -> str | None:
+        """Say what is wrong with the schema (missing, older than this code), with the command that fixes it; None
+        when it is current (or newer) or when the database cannot be asked."""
+        token = _DEADLINE.set(time.monotonic() + self.timeout)
+        try:
+            with self.engine.connect() as conn:
+                names = set(inspect(conn).get_table_names())
+                version = (int(conn.execute(select(func.max(schema_versions.c.version))).scalar() or 0)
+                           if "schema_versions" in names else 0)
+        except SQLAlchemyError:
+            return None
+        finally:
+            _DEADLINE.reset(token)
+        return schema_verdict(version, has_tables="events" in names)
 
     def ping(self) -> None:
         """Raise StoreError unless the database answers a trivial query."""
         with self._tx() as conn:
             conn.execute(text("SELECT 1"))
 
-    def save(self, rows: Sequence[NewEvent]) -> list[Saved]:
-        """Insert rows in one transaction; a (source, event_id) already stored is reported as a duplicate."""
-        with self._tx(atomic=len(rows) > 1) as conn:
-            if self.dialect == "postgresql" and len(rows) > 1:
-                self._lock_keys(conn, rows)
-            return [self._save_one(conn, row) for row in rows]
+    def readiness(self, owner: str, *, host: str, pid: int, started_at: datetime, now: datetime) -> datetime | None:
+        """Prove the database can be written, not only read: write this process's heartbeat, in one unit with the
+        read of the oldest unfinished event's receipt time, which it returns."""
+        with self._tx(atomic=True, timeout=READY_SECONDS) as conn:
+            conn.execute(_BEAT, {"owner": owner, "host": host[:255], "pid": pid, "started": started_at, "now": now})
+            return conn.execute(select(func.min(events.c.received_at))
+                                .where(events.c.state.in_(["received", "processing"]))).scalar()
+
+    def save(self, delivery: NewDelivery | int, rows: Sequence[NewEvent], *, revive: bool = False) -> list[Saved]:
+        """Store a delivery once with its events, in one transaction. An event whose (source, event_id) was received
+        before (its dedupe key is kept even after the event is purged) is a duplicate; a delivery none of whose
+        events is new is not stored. `delivery` may also be the id of a stored delivery. With revive (replay
+        --file: a person's decision), an event whose key is known but whose row was purged is stored again."""
+        if self._save_single is not None and len(rows) == 1 and isinstance(delivery, NewDelivery) and not revive:
+            return self._save_one_postgres(delivery, rows[0])
+        with self._tx(atomic=True) as conn:
+            return self._save_in(conn, delivery, rows, revive=revive)
+
+    def _save_in(self, conn: Connection, delivery: NewDelivery | int, rows: Sequence[NewEvent], *,
+                 revive: bool = False) -> list[Saved]:
+        """save() inside the caller's transaction."""
+        if self.dialect == "postgresql" and len(rows) > 1:
+            self._lock_keys(conn, rows)
+        fresh = [self._new_key(conn, row) or (revive and self._purged(conn, row)) for row in rows]
+        pk = None
+        if any(fresh):
+            pk = delivery if isinstance(delivery, int) else self._store_delivery(conn, delivery)
+        saved: list[Saved] = []
+        for row, new in zip(rows, fresh, strict=True):
+            inserted = self._insert_one(conn, row, pk) if new else None
+            saved.append(inserted or self._duplicate(conn, row))
+        return saved
 
     @staticmethod
     def _lock_keys(conn: Connection, rows: Sequence[NewEvent]) -> None:
@@ -433,30 +593,57 @@ class Store:
         conn.execute(text("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k "
                           "ORDER BY 1) AS ordered"), {"keys": keys})
 
-    def _save_one(self, conn: Connection, row: NewEvent) -> Saved:
-        values = {
+    def _new_key(self, conn: Connection, row: NewEvent) -> bool:
+        """Record the event's dedupe key; True when it was never seen (the one authority on duplicates)."""
+        result = conn.execute(self._insert_key, {"source": row.source, "event_id": row.event_id,
+                                                 "seen_at": row.received_at})
+        return bool(result.rowcount == 1)
+
+    def _save_one_postgres(self, delivery: NewDelivery, row: NewEvent) -> list[Saved]:
+        """The usual delivery, one event, on PostgreSQL: key, delivery and event in one statement (one round trip)."""
+        assert self._save_single is not None
+        values = self._event_values(row, None) | {
+            "d_signed_at": delivery.signed_at, "d_message_id": delivery.message_id, "d_raw_body": delivery.raw_body,
+            "d_headers": json.dumps(dict(delivery.headers), sort_keys=True), "d_source": delivery.source,
+            "d_received_at": delivery.received_at}
+        with self._tx() as conn:
+            row_id = conn.execute(self._save_single, values).scalar()
+            if row_id is not None:
+                return [Saved(int(row_id), row.source, row.event_id, False, row.state)]
+            return [self._duplicate(conn, row)]
+
+    @staticmethod
+    def _event_values(row: NewEvent, delivery: int | None) -> dict[str, Any]:
+        return {
             "source": row.source, "event_id": row.event_id, "state": row.state, "detail": row.detail,
             "ticket_id": row.ticket_id, "status": row.status, "previous_status": row.previous_status,
             "agent": row.agent, "conversation_id": row.conversation_id, "occurred_at": row.occurred_at,
-            "received_at": row.received_at, "updated_at": row.received_at, "signed_at": row.signed_at,
-            "message_id": row.message_id, "raw_body": row.raw_body,
-            "headers": json.dumps(dict(row.headers), sort_keys=True), "action": None, "claimed_at": None,
-            "started_at": None,
+            "received_at": row.received_at, "updated_at": row.received_at, "action": None, "claimed_at": None,
+            "delivery": delivery, "claimed_by": None, "started_at": None,
         }
-        # The stored row is looked up after a conflict; purge may delete it in between (another unit of work on
-        # SQLite, READ COMMITTED on PostgreSQL): then the insert is tried again.
-        for _ in range(2):
-            result = conn.execute(self._insert_event, values)
-            if self.dialect == "sqlite":
-                row_id = result.lastrowid if result.rowcount == 1 else None
-            else:
-                row_id = result.scalar()
-            if row_id is not None:
-                return Saved(int(row_id), row.source, row.event_id, False, row.state)
-            found = conn.execute(_FIND_KEY, {"source": row.source, "event_id": row.event_id}).first()
-            if found is not None:
-                return Saved(int(found.id), row.source, row.event_id, True, found.state)
-        raise StoreError("the event was deleted twice while it was being stored; retry")
+
+    @staticmethod
+    def _purged(conn: Connection, row: NewEvent) -> bool:
+        return conn.execute(_FIND_KEY, {"source": row.source, "event_id": row.event_id}).first() is None
+
+    def _store_delivery(self, conn: Connection, delivery: NewDelivery) -> int:
+        values = {"source": delivery.source, "received_at": delivery.received_at, "signed_at": delivery.signed_at,
+                  "message_id": delivery.message_id, "raw_body": delivery.raw_body,
+                  "headers": json.dumps(dict(delivery.headers), sort_keys=True)}
+        result = conn.execute(self._insert_delivery, values)
+        return int(result.lastrowid if self.dialect == "sqlite" else result.scalar_one())
+
+    def _insert_one(self, conn: Connection, row: NewEvent, delivery: int | None) -> Saved | None:
+        result = conn.execute(self._insert_event, self._event_values(row, delivery))
+        row_id = (result.lastrowid if result.rowcount == 1 else None) if self.dialect == "sqlite" else result.scalar()
+        return Saved(int(row_id), row.source, row.event_id, False, row.state) if row_id is not None else None
+
+    @staticmethod
+    def _duplicate(conn: Connection, row: NewEvent) -> Saved:
+        found = conn.execute(_FIND_KEY, {"source": row.source, "event_id": row.event_id}).first()
+        if found is None:  # received before; its event was purged, its key is kept
+            return Saved(None, row.source, row.event_id, True, "purged")
+        return Saved(int(found.id), row.source, row.event_id, True, found.state)
 
     @staticmethod
     def _insert_ignore(table: Table, keys: list[str], returning: str | None = None) -> TextClause:
@@ -471,11 +658,32 @@ class Store:
                f"ON CONFLICT ({', '.join(keys)}) DO NOTHING" + (f" RETURNING {returning}" if returning else ""))
         return text(sql).bindparams(*(bindparam(n, type_=table.c[n].type) for n in names))
 
+    @staticmethod
+    def _insert(table: Table, returning: str | None = None) -> TextClause:
+        """A plain INSERT as typed text (see _insert_ignore)."""
+        names = [c.name for c in table.columns if not (c.primary_key and c.autoincrement is True)]
+        sql = (f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)})"  # noqa: S608
+               + (f" RETURNING {returning}" if returning else ""))
+        return text(sql).bindparams(*(bindparam(n, type_=table.c[n].type) for n in names))
+
     def get(self, event_id: int) -> EventRecord | None:
         """Return one stored event by row id, or None."""
         with self._tx() as conn:
             row = conn.execute(_GET, {"pk": event_id}).mappings().first()
         return _record(row) if row else None
+
+    def delivery(self, pk: int | None) -> Delivery | None:
+        """Return a stored delivery (the raw body and headers of its events), or None."""
+        if pk is None:
+            return None
+        with self._tx() as conn:
+            row = conn.execute(_DELIVERY, {"pk": pk}).mappings().first()
+        return _delivery(row) if row else None
+
+    def delivery_of(self, event_pk: int) -> Delivery | None:
+        """Return the delivery an event came in, or None."""
+        record = self.get(event_pk)
+        return self.delivery(record.delivery) if record else None
 
     def list(
         self,
@@ -501,18 +709,22 @@ class Store:
         with self._tx() as conn:
             return [_record(row) for row in conn.execute(query).mappings()]
 
-    def iter_events(self, batch: int = 500) -> Iterator[EventRecord]:
-        """Yield every stored event, oldest first, in batches (for export)."""
+    def iter_deliveries(self, batch: int = 50) -> Iterator[tuple[Delivery, builtins.list[EventRecord]]]:
+        """Yield every stored delivery with its events, oldest first, in batches (for export: each body once)."""
         last = 0
         while True:
-            with self._tx() as conn:
-                rows = conn.execute(
-                    select(events).where(events.c.id > last).order_by(events.c.id).limit(batch)
-                ).mappings().all()
+            with self._tx(timeout=BULK_SECONDS) as conn:
+                rows = conn.execute(select(deliveries).where(deliveries.c.id > last).order_by(deliveries.c.id)
+                                    .limit(batch)).mappings().all()
+                ids = [row["id"] for row in rows]
+                mine: dict[int, builtins.list[EventRecord]] = {pk: [] for pk in ids}
+                for event_row in conn.execute(select(events).where(events.c.delivery.in_(ids))
+                                              .order_by(events.c.id)).mappings():
+                    mine[event_row["delivery"]].append(_record(event_row))
             if not rows:
                 return
             for row in rows:
-                yield _record(row)
+                yield _delivery(row), mine[row["id"]]
             last = rows[-1]["id"]
 
     def find(self, source: str, event_id: str) -> EventRecord | None:
@@ -538,21 +750,27 @@ class Store:
         return {state: int(count) for state, count in rows}
 
     def claim(
-        self, event_pk: int, *, now: datetime, stale_before: datetime, states: Sequence[EventState] = ("received",)
+        self, event_pk: int, *, now: datetime, stale_before: datetime, states: Sequence[EventState] = ("received",),
+        owner: str | None = None, alive_after: datetime | None = None,
     ) -> EventRecord | None:
-        """Move an event in one of `states` (or processing under a claim older than stale_before) to processing;
-        when this caller won it, return the event as it was before (its state then), else None."""
+        """Move an event in one of `states` to processing, claimed by `owner` (a process id); a processing event too
+        when its claim is older than stale_before, or when the process holding it has not proved it is alive since
+        alive_after. When this caller won it, return the event as it was before (its state then), else None."""
         with self._tx() as conn:
             row = conn.execute(_GET, {"pk": event_pk}).mappings().first()
             if row is None:
                 return None
             record = _record(row)
-            stale = record.state == "processing" and record.claimed_at is not None and record.claimed_at < stale_before
+            stale = record.state == "processing" and (
+                (record.claimed_at is not None and record.claimed_at < stale_before)
+                or (alive_after is not None and record.claimed_by not in (None, owner)
+                    and conn.execute(_ALIVE, {"owner": record.claimed_by, "alive_after": alive_after}).first() is None))
             if record.state not in states and not stale:
                 return None
             won = conn.execute(_CLAIM, {"pk": event_pk, "seen": record.state, "seen_claimed": record.claimed_at,
-                                        "now": now, "claimed_from": CLAIMED_FROM + record.state}).rowcount == 1
-        return replace(record, claimed_at=now, updated_at=now, detail="") if won else None
+                                        "now": now, "claimed_from": CLAIMED_FROM + record.state,
+                                        "owner": owner}).rowcount == 1
+        return replace(record, claimed_at=now, updated_at=now, detail="", claimed_by=owner) if won else None
 
     def finish(self, event_pk: int, *, state: FinalState, detail: str, now: datetime, action: str | None = None,
                fields: Mapping[str, Any] | None = None, claimed_at: datetime | None = None,
@@ -609,12 +827,24 @@ class Store:
             row = conn.execute(_SLOT, {"who": agent}).first()
         return (row[0], int(row[1])) if row else None
 
-    def pending(self, *, received_before: datetime, stale_before: datetime, limit: int = 100) -> builtins.list[int]:
-        """Return ids of events left in received, or stuck in processing with a stale claim, oldest first."""
-        waiting = or_(and_(events.c.state == "received", events.c.received_at < received_before),
-                      and_(events.c.state == "processing", events.c.claimed_at < stale_before))
+    def pending(self, *, received_before: datetime | None, stale_before: datetime | None, limit: int = 100,
+                owner: str | None = None, alive_after: datetime | None = None) -> builtins.list[int]:
+        """Return ids of events left in received, or stuck in processing with a stale claim or a claim whose process
+        stopped proving it is alive (since alive_after; never owner's own), oldest first."""
+        stuck = []
+        if received_before is not None:
+            stuck.append(and_(events.c.state == "received", events.c.received_at < received_before))
+        if stale_before is not None:
+            stuck.append(and_(events.c.state == "processing", events.c.claimed_at < stale_before))
+        if alive_after is not None:
+            live = select(processes.c.id).where(processes.c.beat_at >= alive_after)
+            orphaned = and_(events.c.state == "processing", events.c.claimed_by.is_not(None),
+                            events.c.claimed_by.not_in(live))
+            stuck.append(orphaned if owner is None else and_(orphaned, events.c.claimed_by != owner))
+        if not stuck:
+            return []
         with self._tx() as conn:
-            rows = conn.execute(select(events.c.id).where(waiting).order_by(events.c.id).limit(limit)).all()
+            rows = conn.execute(select(events.c.id).where(or_(*stuck)).order_by(events.c.id).limit(limit)).all()
         return [int(r[0]) for r in rows]
 
     def oldest_unfinished(self) -> datetime | None:
@@ -623,19 +853,56 @@ class Store:
             return conn.execute(select(func.min(events.c.received_at))
                                 .where(events.c.state.in_(["received", "processing"]))).scalar()
 
-    def purge(self, *, before: datetime, batch: int = 1000) -> int:
-        """Delete events received before a time, with their attempts, in batches; return how many went."""
+    # -- the processes that claim events --
+
+    def beat(self, owner: str, *, host: str, pid: int, started_at: datetime, now: datetime) -> None:
+        """Record that the process `owner` is alive now (its claims are then never taken over)."""
+        with self._tx() as conn:
+            conn.execute(_BEAT, {"owner": owner, "host": host[:255], "pid": pid, "started": started_at, "now": now})
+
+    def forget_process(self, owner: str) -> None:
+        """Remove a process that stops (a graceful shutdown hands its claims back first)."""
+        with self._tx() as conn:
+            conn.execute(delete(processes).where(processes.c.id == owner))
+
+    def forget_dead_processes(self, *, before: datetime) -> int:
+        """Remove processes that last proved they were alive before a time; return how many."""
+        with self._tx() as conn:
+            return int(conn.execute(delete(processes).where(processes.c.beat_at < before)).rowcount)
+
+    # -- retention --
+
+    def purge(self, *, before: datetime, batch: int = 1000, keep_slots_after: datetime | None = None) -> int:
+        """Delete events received before a time, with their attempts and the deliveries left without an event, in
+        batches; then the agents' ordering slots no remaining event refers to whose last event is older than
+        before and than keep_slots_after (the age limit: an event older than that is never acted on anyway, so the
+        slot guards nothing). Dedupe keys stay (purge_keys). Return how many events went."""
         total = 0
         while True:
-            with self._tx(atomic=True) as conn:
-                ids = [r[0] for r in conn.execute(
-                    select(events.c.id).where(events.c.received_at < before).order_by(events.c.id).limit(batch))]
-                if not ids:
-                    return total
+            with self._tx(atomic=True, timeout=BULK_SECONDS) as conn:
+                rows = conn.execute(select(events.c.id, events.c.delivery).where(events.c.received_at < before)
+                                    .order_by(events.c.id).limit(batch)).all()
+                if not rows:
+                    break
+                ids = [r[0] for r in rows]
                 conn.execute(delete(attempts).where(attempts.c.event.in_(ids)))
                 conn.execute(delete(events).where(events.c.id.in_(ids)))
+                touched = {r[1] for r in rows if r[1] is not None}
+                left = select(events.c.id).where(events.c.delivery == deliveries.c.id).exists()
+                conn.execute(delete(deliveries).where(deliveries.c.id.in_(touched), ~left))
             total += len(ids)
+        horizon = min(before, keep_slots_after) if keep_slots_after else before
+        unused = ~select(events.c.id).where(events.c.id == agent_state.c.event).exists()
+        with self._tx(timeout=BULK_SECONDS) as conn:
+            conn.execute(delete(agent_state).where(
+                agent_state.c.occurred_at < horizon, agent_state.c.updated_at < before, unused,
+                or_(agent_state.c.holder.is_(None), agent_state.c.held_until < before)))
+        return total
 
+    def purge_keys(self, *, before: datetime) -> int:
+        """Forget the dedupe keys of events first received before a time (kept far longer than the events)."""
+        with self._tx(timeout=BULK_SECONDS) as conn:
+            return int(conn.execute(delete(event_keys).where(event_keys.c.seen_at < before)).rowcount)
 
     # -- Genesys connections (the ConnectionRepo of webhook.genesys.auth) --
 
@@ -821,16 +1088,16 @@ class Store:
             return [Undo(**row) for row in conn.execute(select(safety_undos).order_by(safety_undos.c.due_at))
                     .mappings()]
 
-    def spawn_undo(self, undo: Undo, event: NewEvent) -> Saved | None:
-        """Turn a due undo into its stored safety event, in one transaction; None when another process (or a newer
-        event) took the undo first."""
+    def spawn_undo(self, undo: Undo, delivery: NewDelivery, event: NewEvent) -> Saved | None:
+        """Turn a due undo into its stored safety event (and its delivery), in one transaction; None when another
+        process (or a newer event) took the undo first."""
         with self._tx(atomic=True) as conn:
             taken = conn.execute(delete(safety_undos).where(
                 safety_undos.c.agent == undo.agent, safety_undos.c.kind == undo.kind,
                 safety_undos.c.event == undo.event)).rowcount == 1
             if not taken:
                 return None
-            saved = self._save_one(conn, event)
+            [saved] = self._save_in(conn, delivery, [event])
             conn.execute(insert(audit).values(  # in the audit beside the operators' actions, as the service's own
                 at=event.received_at, operator="safety limit", action=f"undo {undo.kind}", event=saved.id,
                 target=f"{undo.agent} on call {undo.conversation_id}"[:512],
@@ -1006,13 +1273,96 @@ def _connection(row: RowMapping) -> UserConnection:
 
 
 def _record(row: RowMapping) -> EventRecord:
+    return EventRecord(**row)
+
+
+def _delivery(row: RowMapping) -> Delivery:
     values = dict(row)
     values["raw_body"] = bytes(values["raw_body"])
     try:
         values["headers"] = json.loads(values["headers"] or "{}")
     except ValueError:
         values["headers"] = {}
-    return EventRecord(**values)
+    return Delivery(**values)
+
+
+def schema_verdict(version: int, *, has_tables: bool) -> str | None:
+    """Say what is wrong with a schema at `version` (0: never migrated), with the command that fixes it, or None."""
+    if version >= SCHEMA_VERSION:
+        return None
+    if version == 0 and not has_tables:
+        return (f"the database has no schema yet: run `{UPGRADE_COMMAND}` (the Procfile's release step) to create "
+                "it")
+    found = f"version {version}" if version else "a version from before versioning"
+    return (f"the database schema is outdated ({found}; this code needs version {SCHEMA_VERSION}): run "
+            f"`{UPGRADE_COMMAND}` (the Procfile's release step) to migrate it")
+
+
+def _missing_schema(exc: SQLAlchemyError) -> bool:
+    """Tell whether the database refused a statement for a table or column it does not have (SQLite says "no such
+    table", PostgreSQL "relation ... does not exist")."""
+    text_ = str(getattr(exc, "orig", exc)).lower()
+    return "no such table" in text_ or "no such column" in text_ or "does not exist" in text_ or (
+        "has no column named" in text_)
+
+
+
+
+class _GuardedConnection(psycopg.Connection[Any]):
+    """A psycopg connection that gives up on an answer past the current unit of work's deadline (Store._tx).
+
+    PostgreSQL's statement_timeout needs a server that still runs: a stopped (SIGSTOP), swapped-out or unreachable
+    server never answers, and the kernel keeps acknowledging the bytes sent, so no TCP timeout fires either. psycopg
+    waits in short intervals; past the deadline the connection is closed and OperationalError raised, which
+    SQLAlchemy treats as a disconnect (the connection is dropped from the pool)."""
+
+    def wait(self, gen: Any, interval: float | None = 0.1) -> Any:
+        deadline = _DEADLINE.get()
+        if deadline is None:
+            return super().wait(gen, interval=0.1 if interval is None else interval)
+        return super().wait(self._bounded(gen, deadline), interval=0.1)
+
+    def _bounded(self, gen: Any, deadline: float) -> Any:
+        try:
+            state = next(gen)
+        except StopIteration as done:  # nothing to wait for
+            return done.value
+        while True:
+            ready = yield state
+            if not ready and time.monotonic() >= deadline:
+                self.pgconn.finish()
+                raise psycopg.OperationalError("the database did not answer in time; the connection was closed")
+            try:
+                state = gen.send(ready)
+            except StopIteration as done:
+                return done.value
+
+
+def _save_single_statement() -> TextClause:
+    """PostgreSQL: record the key, then (only if it is new) the delivery, then the event pointing at it; one statement.
+    Returns the event's id, or no row for a duplicate."""
+    names = [c.name for c in events.columns if c.name != "id"]
+    kept = [c.name for c in deliveries.columns if c.name != "id"]
+    # Only table and column names of this module go into the text; every value is a bound parameter.
+    sql = (
+        "WITH k AS (INSERT INTO event_keys (source, event_id, seen_at) VALUES (:source, :event_id, :received_at) "  # noqa: S608
+        "ON CONFLICT (source, event_id) DO NOTHING RETURNING 1), "
+        f"d AS (INSERT INTO deliveries ({', '.join(kept)}) SELECT {', '.join(':d_' + n for n in kept)} "
+        "WHERE EXISTS (SELECT 1 FROM k) RETURNING id) "
+        f"INSERT INTO events ({', '.join(names)}) SELECT "
+        f"{', '.join('d.id' if n == 'delivery' else ':' + n for n in names)} FROM d "
+        "ON CONFLICT (source, event_id) DO NOTHING RETURNING id")
+    params = [bindparam(n, type_=events.c[n].type) for n in names if n != "delivery"]
+    params += [bindparam("d_" + n, type_=deliveries.c[n].type) for n in kept]
+    return text(sql).bindparams(*params)
+
+
+def _guarded_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() >= deadline:
+        # The unit's time is spent (a ping of a pooled connection hung, say): no new connection is tried.
+        raise psycopg.OperationalError("no time left to connect to the database")
+    return _GuardedConnection.connect(*cargs, **cparams)
 
 
 def _make_sqlite_folder(url: str) -> None:

@@ -4,8 +4,8 @@ to pure calls and back."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -14,24 +14,19 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
 
-from webhook import oauth_flow, signatures
+from webhook import intake, oauth_flow
 from webhook.app_state import get_state
-from webhook.errors import SignatureError, StoreError
-from webhook.events import Envelope, InvalidItem, TicketEvent, parse, usable_message_id
+from webhook.errors import SchemaError, SignatureError, StoreError
+from webhook.events import InvalidItem
 from webhook.genesys.auth import Me
 from webhook.metrics import authorized
-from webhook.store import NewEvent, Saved
+from webhook.store import Saved
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
 
-# Headers never stored with an event: signatures and credentials are not needed to replay it.
-UNSTORED_HEADERS = frozenset({
-    "authorization", "cookie", "proxy-authorization", "webhook-signature", "svix-signature",
-    "x-zendesk-webhook-signature", "x-hubspot-signature", "x-hubspot-signature-v3", "x-hub-signature",
-    "x-hub-signature-256",
-})
-MAX_STORED_HEADER_CHARS = 1024
+BODY_SECONDS = 10.0  # a body that takes longer to arrive is refused (408): a slow client holds nothing for long
+READY_SECONDS = 1.5  # /readyz answers within this (2 s promised), whatever the database does
 
 
 @bp.post("/webhooks/<source>")
@@ -41,28 +36,52 @@ def receive(source: str) -> tuple[Response, int] | Response:
     src = state.settings.sources.get(source)
     if src is None:
         return error(404, "unknown_source", f"no source named {source[:64]!r} is configured")
-    body = request.get_data(cache=True)
+    body = read_body()
+    if body is None:
+        response = error(408, "request_timeout", f"the body did not arrive within {BODY_SECONDS:g} s")
+        response[0].headers["Connection"] = "close"
+        return response
     if len(body) > state.settings.max_body_bytes:  # a chunked body is cut one byte past the limit, not refused
         raise RequestEntityTooLarge
-    now = state.clock()
     try:
-        verified = signatures.verify(src.scheme, body=body, headers=request.headers, secrets=src.secrets, now=now,
-                                     tolerance=src.tolerance_seconds, method=request.method,
-                                     url=signed_url(), header=src.header)
+        received = intake.receive(src, body, request.headers, method=request.method, url=signed_url(),
+                                  now=state.clock(), store=state.store, agents=state.settings.agents)
     except SignatureError as exc:
         logger.warning("signature refused: %s", exc, extra={"source": source})
         return error(401, "invalid_signature", str(exc))
-    envelope = Envelope(source, now, verified.signed_at, usable_message_id(verified.message_id))
-    items = parse(body, src.mapping, envelope, state.settings.agents)
-    headers = stored_headers(request.headers.items(), src.header)
-    try:
-        saved = state.store.save([new_event(item, body, headers, envelope) for item in items])
-    except StoreError:
-        response = error(503, "store_unavailable", "the event could not be stored; retry later")
+    except StoreError as exc:
+        detail = "the event could not be stored; retry later"
+        if isinstance(exc, SchemaError):
+            detail = "the service's database is not set up yet (its operator runs the schema migration); retry later"
+        response = error(503, "store_unavailable", detail)
         response[0].headers["Retry-After"] = "5"
         return response
-    state.worker.submit([s.id for s in saved if not s.duplicate and s.state == "received"])
-    return answer(saved, [item for item in items if isinstance(item, InvalidItem)])
+    state.worker.submit([s.id for s in received.saved if not s.duplicate and s.state == "received" and s.id])
+    return answer(received.saved, received.invalid)
+
+
+def read_body() -> bytes | None:
+    """Read the request body; None when it does not arrive within BODY_SECONDS. Under gunicorn's gevent worker a
+    connection is a greenlet, so a client that trickles its body costs memory, not a thread: the limit bounds how
+    long (gunicorn bounds a request head by its keepalive, 5 s)."""
+    timeout = _gevent_timeout()
+    if timeout is None:
+        return request.get_data(cache=True)
+    with timeout(BODY_SECONDS, False):
+        return request.get_data(cache=True)
+    return None
+
+
+def _gevent_timeout() -> Any:
+    """gevent.Timeout when this process runs gevent's patched sockets, else None (threads, tests, the CLI)."""
+    import sys
+
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("socket"):
+        return None
+    from gevent import Timeout  # type: ignore[import-untyped]
+
+    return Timeout
 
 
 def answer(saved: list[Saved], invalid: list[InvalidItem]) -> tuple[Response, int]:
@@ -75,31 +94,16 @@ def answer(saved: list[Saved], invalid: list[InvalidItem]) -> tuple[Response, in
     for s in saved:
         if s.state != "invalid":
             (get_state().metrics.duplicates if s.duplicate else get_state().metrics.received).labels(s.source).inc()
-        logger.info("duplicate delivery" if s.duplicate else "event stored",
-                    extra={"source": s.source, "event": s.id, "state": s.state})
+        message = "duplicate delivery" if s.duplicate else "event stored"
+        if s.id is None:
+            message = "duplicate delivery of an event received before and since purged"
+        logger.info(message, extra={"source": s.source, "event": s.id, "state": s.state})
     if invalid:
         get_state().metrics.rejected.labels("invalid_event").inc()
         body.update(error="invalid_event", detail="; ".join(i.reason for i in invalid)[:2000],
                     invalid=[{"id": s.id, "event_id": s.event_id} for s in saved if s.state == "invalid"])
         return jsonify(body), 400
     return jsonify(body), 202 if accepted else 200
-
-
-def new_event(item: TicketEvent | InvalidItem, body: bytes, headers: dict[str, str], envelope: Envelope) -> NewEvent:
-    """Turn a parsed item into the row that intake stores."""
-    row = NewEvent(source=item.source, event_id=item.event_id, state="received", detail="",
-                   received_at=envelope.received_at, raw_body=body, headers=headers, signed_at=envelope.signed_at,
-                   message_id=envelope.message_id)
-    if isinstance(item, InvalidItem):
-        return replace(row, state="invalid", detail=item.reason)
-    return replace(row, ticket_id=item.ticket_id, status=item.status, previous_status=item.previous_status,
-                   agent=item.agent, conversation_id=item.conversation_id, occurred_at=item.occurred_at)
-
-
-def stored_headers(items: Any, signature_header: str) -> dict[str, str]:
-    """Keep the request headers useful for replay and diagnosis; never signatures or credentials."""
-    skip = UNSTORED_HEADERS | {signature_header.lower()}
-    return {k: v[:MAX_STORED_HEADER_CHARS] for k, v in items if k.lower() not in skip}
 
 
 def signed_url() -> str:
@@ -120,15 +124,34 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Answer 200 when the store answers, 503 otherwise; show the Genesys mode and the oldest unfinished event."""
+    """Answer within 2 s: 200 when the database can be written (this process's heartbeat), 503 when it cannot, or
+    has no current schema, or does not answer in time; show the Genesys mode and the oldest unfinished event."""
     state = get_state()
     mode = "dry_run" if state.settings.genesys.dry_run else "live"
-    try:
-        oldest = state.store.oldest_unfinished()
-    except StoreError:
-        return jsonify(status="unavailable", database="down", genesys=mode), 503
-    age = round((state.clock() - oldest).total_seconds(), 1) if oldest else None
+    outcome: list[Any] = []
+    check = threading.Thread(target=_ready_check, args=(state, outcome), name="webhook-readyz", daemon=True)
+    check.start()
+    check.join(READY_SECONDS)
+    if not outcome:
+        return jsonify(status="unavailable", database="not answering",
+                       detail=f"the database did not answer within {READY_SECONDS:g} s", genesys=mode), 503
+    result = outcome[0]
+    if isinstance(result, SchemaError):
+        return jsonify(status="unavailable", database="schema", detail=str(result), genesys=mode), 503
+    if isinstance(result, StoreError):
+        return jsonify(status="unavailable", database="down", detail="the database cannot be written: "
+                       f"{str(result).removeprefix('the database cannot be used: ')}", genesys=mode), 503
+    age = round((state.clock() - result).total_seconds(), 1) if result else None
     return jsonify(status="ok", database="ok", genesys=mode, oldest_unfinished_seconds=age), 200
+
+
+def _ready_check(state: Any, outcome: list[Any]) -> None:
+    """Write this process's heartbeat and read the oldest unfinished event; put the result or the StoreError in
+    outcome (a thread of its own, so that readyz answers in time even while the database hangs)."""
+    try:
+        outcome.append(state.liveness.ready(state.store))
+    except StoreError as exc:
+        outcome.append(exc)
 
 
 @bp.get("/metrics")

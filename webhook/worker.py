@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from webhook.errors import StoreError
+from webhook.liveness import FORGET_AFTER_SECONDS, Liveness
 from webhook.processing import Processor, safety_event
 from webhook.store import Store
 
@@ -85,15 +86,17 @@ class Worker:
 
 
 class Sweeper:
-    """Every few seconds, resubmits events left in received or stuck in processing after a crash or restart."""
+    """Every few seconds, resubmits events left in received or stuck in processing after a crash or restart; and at
+    every heartbeat, the claims of processes that stopped proving they are alive."""
 
     def __init__(self, store: Store, worker: Worker, *, interval: float, stale_after: float,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], liveness: Liveness | None = None) -> None:
         self.store = store
         self.worker = worker
         self.interval = interval
         self.stale_after = stale_after
         self.clock = clock
+        self.liveness = liveness
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -101,16 +104,37 @@ class Sweeper:
     def sweep(self) -> list[int]:
         """Find left-over events once and hand them to the worker; return their ids."""
         now = self.clock()
+        owner, alive_after = self._alive_rule(now)
         ids = self.store.pending(received_before=now - timedelta(seconds=self.interval),
-                                 stale_before=now - timedelta(seconds=self.stale_after))
+                                 stale_before=now - timedelta(seconds=self.stale_after), owner=owner,
+                                 alive_after=alive_after)
         # Card capture's safety limits: a mute or a pause nothing undid in time becomes a stored event of its own.
         spawned = [saved.id for undo in self.store.due_undos(now=now)
-                   if (saved := self.store.spawn_undo(undo, safety_event(undo, now))) is not None]
+                   if (saved := self.store.spawn_undo(undo, *safety_event(undo, now))) is not None
+                   and saved.id is not None]
         ids += spawned
         if ids:
             logger.info("sweeper resubmits %d event(s)", len(ids))
             self.worker.submit(ids)
+        self.store.forget_dead_processes(before=now - timedelta(seconds=FORGET_AFTER_SECONDS))
         return ids
+
+    def take_over(self) -> list[int]:
+        """Resubmit the events claimed by processes that stopped beating (called after each heartbeat)."""
+        now = self.clock()
+        owner, alive_after = self._alive_rule(now)
+        if alive_after is None:
+            return []
+        ids = self.store.pending(received_before=None, stale_before=None, owner=owner, alive_after=alive_after)
+        if ids:
+            logger.info("taking over %d event(s) claimed by a process that stopped", len(ids))
+            self.worker.submit(ids)
+        return ids
+
+    def _alive_rule(self, now: datetime) -> tuple[str | None, datetime | None]:
+        if self.liveness is None:
+            return None, None
+        return self.liveness.owner, self.liveness.alive_after(now)
 
     def start(self) -> None:
         """Start the sweeper thread once."""

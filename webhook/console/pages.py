@@ -194,11 +194,13 @@ def event_page(pk: int) -> tuple[str, int]:
         return render_template("console/message.html", title=f"No event {pk}",
                                detail="It may have been purged. The events page lists the stored ones."), 404
     attempts = state.store.attempts(pk)
+    delivery = state.store.delivery(record.delivery)  # the request it came in: its body and headers, kept once
     decision = (decide_fields(state.settings.rules, record.source, record.status, record.previous_status)
                 if record.status is not None else None)
     return render_template(
         "console/event.html", event=record, attempts=attempts, decision=decision, timeline=timeline(record, attempts),
-        body=visible(body_text(record.raw_body), lines=True), headers=sorted(record.headers.items()),
+        body=visible(body_text(delivery.raw_body), lines=True) if delivery else "(the request was not kept)",
+        headers=sorted(delivery.headers.items()) if delivery else [], delivery=delivery,
         audit=state.store.audit_lines(event=pk, limit=None), replayable=record.state in REPLAYABLE), 200
 
 
