@@ -658,3 +658,34 @@ def test_service_users_saved_at_once_leave_exactly_one(store: Store) -> None:
         for thread in threads:
             thread.join(10)
         assert [c.kind for c in store.connections()] == ["service_user"]
+
+
+def test_sqlite_waits_for_another_process_s_write_lock_outside_sqlite_then_gives_up(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's own busy wait sleeps inside C, which stops every greenlet of a gevent worker: the store waits in
+    Python between tries instead (time.sleep, cooperative under gevent), up to SQLITE_BUSY_SECONDS, then 503."""
+    import webhook.store as store_module
+
+    store = Store.from_url(sqlite_url)
+    store.create_schema()
+    writer = other_writer(sqlite_url)
+    pauses: list[float] = []
+
+    def release_after_one(seconds: float) -> None:
+        pauses.append(seconds)
+        writer.execute("COMMIT")
+
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        monkeypatch.setattr(store_module, "_pause", release_after_one)
+        assert not store.save(DELIVERY, [new("evt_1")])[0].duplicate
+        assert len(pauses) == 1
+        writer.execute("BEGIN IMMEDIATE")
+        monkeypatch.setattr(store_module, "_pause", pauses.append)
+        monkeypatch.setattr(store_module, "SQLITE_BUSY_SECONDS", 0.05)
+        with pytest.raises(StoreError, match="OperationalError"):
+            store.save(DELIVERY, [new("evt_2")])
+        assert len(pauses) > 2
+    finally:
+        writer.close()
+        store.close()

@@ -7,6 +7,7 @@ import builtins  # in Store, "list" is the method: annotations there say builtin
 import hashlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -446,6 +447,7 @@ READY_SECONDS = 1.5  # /readyz's write probe
 BULK_SECONDS = 120.0  # a purge batch, an export batch
 MIGRATION_SECONDS = 3600.0
 SQLITE_BUSY_SECONDS = 3.0  # how long SQLite waits for another process's write lock
+SQLITE_C_BUSY_SECONDS = 0.005  # SQLite's own wait, in C, holds every greenlet of a gevent worker: kept short
 _DEADLINE: ContextVar[float | None] = ContextVar("store_deadline", default=None)
 
 
@@ -469,8 +471,10 @@ class Store:
         connect timeout, a statement timeout, and a deadline on every answer (see _tx)."""
         if url.startswith("sqlite"):
             _make_sqlite_folder(url)
-            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False})
+            engine = create_engine(url, connect_args={"timeout": SQLITE_C_BUSY_SECONDS, "check_same_thread": False})
             event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "do_execute", _sqlite_execute)
+            event.listen(engine, "do_execute_no_params", _sqlite_execute_no_params)
         else:
             engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, pool_timeout=POOL_SECONDS,
                                    connect_args={"connect_timeout": CONNECT_SECONDS,
@@ -1374,6 +1378,40 @@ def _make_sqlite_folder(url: str) -> None:
         except OSError as exc:
             # Left to the first query, which raises StoreError like any other unreachable database.
             logger.warning("cannot create the SQLite folder %s: %s", folder, exc.strerror)
+
+
+def _sqlite_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+    _wait_for_sqlite_lock(lambda: cursor.execute(statement, parameters))
+    return True
+
+
+def _sqlite_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
+    _wait_for_sqlite_lock(lambda: cursor.execute(statement))
+    return True
+
+
+def _wait_for_sqlite_lock(run: Callable[[], Any]) -> None:
+    """Run a statement; while another process holds SQLite's write lock, wait in Python (time.sleep, which a gevent
+    worker patches, so its other greenlets keep serving) for up to SQLITE_BUSY_SECONDS. SQLite's own busy wait sleeps
+    inside C and would stop the whole worker. A statement refused as busy took no effect, so running it again is
+    safe."""
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    pause = 0.001
+    while True:
+        try:
+            run()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+        _pause(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)  # looked up at each call: gevent's patched sleep in a gevent worker
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
