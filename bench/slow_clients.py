@@ -33,9 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.servers import Service, signed_request  # noqa: E402
-
 from bench.intake import bench_env, machine, percentile  # noqa: E402
+from tests.support.servers import Service, signed_request  # noqa: E402
 
 TARGET_P99_MS = 1000.0
 PROBE_TIMEOUT = 10.0
