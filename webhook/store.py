@@ -1116,10 +1116,10 @@ class Store:
     # -- the operators' console: event pages, agents, the last day, the audit log --
 
     def event_lines(self, where: EventFilter, *, before: int | None = None, after: int | None = None,
-                    limit: int = 50) -> builtins.list[EventLine]:
+                    limit: int = 50) -> builtins.list[EventRecord]:
         """Return one page of events matching the filter, newest first: older than the row id `before`, or the
         oldest `limit` of those newer than `after` (the page before, going back up)."""
-        query = select(*_LINE_COLUMNS).where(*where.clauses()).limit(limit)
+        query = select(events).where(*where.clauses()).limit(limit)
         if after is not None:
             query = query.where(events.c.id > after).order_by(events.c.id)
         else:
@@ -1127,7 +1127,7 @@ class Store:
         if before is not None:
             query = query.where(events.c.id < before)
         with self._tx() as conn:
-            lines = [EventLine(**row) for row in conn.execute(query).mappings()]
+            lines = [_record(row) for row in conn.execute(query).mappings()]
         return lines[::-1] if after is not None else lines
 
     def event_ids(self, where: EventFilter, *, limit: int) -> builtins.list[int]:
@@ -1154,8 +1154,8 @@ class Store:
                                                                     events.c.agent.in_(list(last)))
                 .group_by(events.c.agent))} if last else {}
             wanted = set(last.values()) | set(applied.values())
-            rows = {int(r["id"]): EventLine(**r) for r in conn.execute(
-                select(*_LINE_COLUMNS).where(events.c.id.in_(wanted))).mappings()} if wanted else {}
+            rows = {int(r["id"]): _record(r) for r in conn.execute(
+                select(events).where(events.c.id.in_(wanted))).mappings()} if wanted else {}
         return [AgentLine(agent, rows[pk], rows.get(applied[agent]) if agent in applied else None)
                 for agent, pk in last.items()]
 
@@ -1220,27 +1220,6 @@ class EventFilter:
         return found
 
 
-@dataclass(frozen=True)
-class EventLine:
-    """An event as the console's lists show it: no body, no headers."""
-
-    id: int
-    source: str
-    event_id: str
-    state: str
-    detail: str
-    action: str | None
-    ticket_id: str | None
-    status: str | None
-    previous_status: str | None
-    agent: str | None
-    conversation_id: str | None
-    occurred_at: datetime | None
-    received_at: datetime
-    updated_at: datetime
-
-
-_LINE_COLUMNS = tuple(events.c[name] for name in EventLine.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -1248,8 +1227,8 @@ class AgentLine:
     """An agent seen in events: their newest event, and their newest applied one (what the microphone should be)."""
 
     agent: str
-    last: EventLine
-    applied: EventLine | None
+    last: EventRecord
+    applied: EventRecord | None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from webhook.errors import GenesysError, StoreError
 from webhook.genesys.model import Attempt, Connection
 from webhook.processing import REPLAYABLE
 from webhook.rules import decide_fields
-from webhook.store import FINAL_STATES, STATES, AuditEntry, EventFilter, EventLine, EventRecord
+from webhook.store import FINAL_STATES, STATES, AuditEntry, EventFilter, EventRecord
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def events_page() -> tuple[str, int]:
     problems = list(filters.problems)
     before, after = _row_id("before", problems), _row_id("after", problems)
     refresh = request.args.get("refresh") == "1"
-    rows: list[EventLine] = []
+    rows: list[EventRecord] = []
     counts: dict[str, int] = {}
     has_older = has_newer = False
     if not problems:
