@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import responses
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from responses.registries import OrderedRegistry
 
 from tests.support.app import SignedPost, make_settings
 from tests.support.clocks import Clock
@@ -141,3 +143,10 @@ def fake(request: pytest.FixtureRequest) -> Iterator[FakeGenesys]:
     options: dict[str, Any] = dict(marker.kwargs) if marker else {}
     with FakeGenesys(**options) as server:
         yield server
+
+
+@pytest.fixture
+def rsps() -> Iterator[responses.RequestsMock]:
+    """`responses` for the Genesys client's unit tests: every registered answer must be used, in order."""
+    with responses.RequestsMock(assert_all_requests_are_fired=True, registry=OrderedRegistry) as mock:
+        yield mock

@@ -15,7 +15,6 @@ import requests
 import responses
 from cryptography.fernet import Fernet
 from responses import matchers
-from responses.registries import OrderedRegistry
 from sqlalchemy import select
 
 from tests.support import genesys_models as gm
@@ -67,12 +66,6 @@ RFC_CHALLENGE = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=True, registry=OrderedRegistry) as mock:
-        yield mock
 
 
 @pytest.fixture

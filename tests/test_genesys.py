@@ -15,7 +15,6 @@ import responses
 from hypothesis import given
 from hypothesis import strategies as st
 from responses import matchers
-from responses.registries import OrderedRegistry
 
 from tests.support.clocks import FakeClock
 from webhook.errors import (
@@ -68,12 +67,6 @@ EXPECTED_ANALYTICS_BODY = {
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=True, registry=OrderedRegistry) as mock:
-        yield mock
 
 
 @pytest.fixture

@@ -24,13 +24,12 @@ from webhook import replay as replaying
 from webhook.app_state import AppState, genesys_client, get_state
 from webhook.config import Settings, secret_variable, source_schemes
 from webhook.crypto import generate_key
-from webhook.errors import ConfigError, GenesysError, GenesysNoIdentityError, SchemaError, StoreError
+from webhook.errors import ConfigError, GenesysError, SchemaError, StoreError
 from webhook.events import FieldMap, lookup, parse_time
 from webhook.genesys.auth import UserConnections
-from webhook.genesys.explain import explain
 from webhook.intake import IMPORT_MARK, IMPORT_NOTE
 from webhook.logs import escape
-from webhook.processing import HOLD_MARGIN_SECONDS, REPLAYABLE, no_identity_detail
+from webhook.processing import HOLD_MARGIN_SECONDS, REPLAYABLE, failure_detail
 from webhook.store import STATES, EventState, Store
 
 __all__ = ["IMPORT_MARK", "IMPORT_NOTE", "escape"]  # kept importable from here (tests, other commands)
@@ -439,10 +438,8 @@ def _set_agent(agent: str, muted: bool, conversation: str | None) -> None:
     deadline = time.monotonic() + app.settings.retry_budget_seconds
     try:
         applied = app.genesys.act(agent, muted, conversation_id=conversation, deadline=deadline)
-    except GenesysNoIdentityError as exc:
-        raise click.ClickException(no_identity_detail(exc, app.settings.genesys)) from exc
     except GenesysError as exc:
-        raise click.ClickException(explain(exc)) from exc
+        raise click.ClickException(failure_detail(exc, app.settings.genesys)) from exc
     if applied is None:
         raise click.ClickException(f"{agent} is not on a live voice call; nothing to {verb}")
     target = applied.target

@@ -277,10 +277,8 @@ class Processor:
         detail of the result."""
         try:
             return self._change(event_pk, event, plan, deadline, self._recorder(event_pk))
-        except GenesysNoIdentityError as exc:
-            return "failed", no_identity_detail(exc, self.settings.genesys)
         except GenesysError as exc:
-            return "failed", explain(exc)
+            return "failed", failure_detail(exc, self.settings.genesys)
 
     def _change(self, event_pk: int, event: TicketEvent, plan: Plan, deadline: float,
                 record: Callable[[Attempt], None]) -> tuple[FinalState, str]:
@@ -318,8 +316,7 @@ class Processor:
             except GenesysError as exc:
                 if applied is None:
                     raise
-                why = no_identity_detail(exc, self.settings.genesys) if isinstance(exc, GenesysNoIdentityError) \
-                    else explain(exc)
+                why = failure_detail(exc, self.settings.genesys)
                 return "failed", f"{detail}; but the recording was NOT {RECORDED[plan.recording]}: {why}"
             recorded = (f"{RECORDED[plan.recording]} the recording of call {base.target.conversation_id} as {who}")
             detail = f"{detail}; {recorded}" if detail else f"{recorded}; asked: {plan.detail}"
@@ -404,6 +401,11 @@ def _applied_detail(plan: Plan, applied: Applied) -> str:
     note = f"; {target.note}" if target.note else ""
     return (f"{verb} {target.user_id} on call {target.conversation_id} (participant {target.participant_id}) as "
             f"{applied.identity}{note}; asked: {plan.detail}")
+
+
+def failure_detail(error: GenesysError, genesys: Genesys) -> str:
+    """Say what a Genesys failure means and what to do: why no identity could act, or the explanation of the error."""
+    return no_identity_detail(error, genesys) if isinstance(error, GenesysNoIdentityError) else explain(error)
 
 
 def no_identity_detail(error: GenesysNoIdentityError, genesys: Genesys) -> str:

@@ -193,8 +193,7 @@ class GenesysClient:
         """Find the agent's active leg as the first identity that can (no change made); None when on no call. With
         fresh, the call is read from Genesys even when it is cached (to see its state now)."""
         def find(actor: Actor) -> Target | None:
-            user_id = actor.identity.user_id if actor.own_calls and actor.identity.user_id else \
-                self.resolve_user(agent, actor=actor, deadline=deadline, record=record)
+            user_id = self._agent_user(actor, agent, deadline, record)
             return self._find(actor, user_id, conversation_id, deadline, record, fresh=fresh)
         actor, target = self._first_identity(agent, find)
         return None if target is None else Applied(target, actor.identity, actor)
@@ -266,8 +265,7 @@ class GenesysClient:
     def _act_as(self, actor: Actor, agent: str, muted: bool, conversation_id: str | None, deadline: float,
                 record: Recorder | None) -> Target | None:
         """Find the agent's leg and PATCH it; a call or leg found gone drops the cached call and looks once more."""
-        user_id = actor.identity.user_id if actor.own_calls and actor.identity.user_id else \
-            self.resolve_user(agent, actor=actor, deadline=deadline, record=record)
+        user_id = self._agent_user(actor, agent, deadline, record)
         for fresh in (False, True):
             target = self._find(actor, user_id, conversation_id, deadline, record, fresh=fresh)
             if target is None:
@@ -283,6 +281,12 @@ class GenesysClient:
         raise AssertionError("unreachable")
 
     # -- users, calls, mute --
+
+    def _agent_user(self, actor: Actor, agent: str, deadline: float, record: Recorder | None) -> str:
+        """Return the agent's Genesys user id: the connection's own, or found as this identity."""
+        if actor.own_calls and actor.identity.user_id:
+            return actor.identity.user_id
+        return self.resolve_user(agent, actor=actor, deadline=deadline, record=record)
 
     def resolve_user(self, agent: str, *, actor: Actor | None = None, deadline: float,
                      record: Recorder | None = None) -> str:
